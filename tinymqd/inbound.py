@@ -1,0 +1,244 @@
+"""Receiving messages: reassembly, order, duplicate suppression, durable hand-off.
+
+One InboundStream per (sending node, its stream). `submitted` is the next sequence
+number to hand to the writer, `committed` the next one not yet durable: everything below
+it is in mqin (or was cancelled by the sender, which says so through `base`). The
+committed point is persisted in tinymq_rx in the same transaction as the mqin rows, so
+duplicates are recognised across restarts, crashes and consumers deleting mqin rows.
+Packet numbers are acknowledged on receipt (they steer the sender's window); only the
+committed point lets the sender delete rows.
+"""
+
+import logging
+import threading
+
+from tinymqd import protocol
+
+log = logging.getLogger("tinymqd.inbound")
+
+MAX_ACK_RANGES = 32
+KEEP_RANGES = 64
+BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for out-of-order and partial messages
+
+INSERT_MQIN = """
+INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts)
+VALUES (?1, ?2, CAST(?3 AS TEXT),
+        CASE ?4 WHEN 3 THEN CAST(?5 AS TEXT) WHEN 1 THEN CAST(CAST(?5 AS TEXT) AS INTEGER)
+                WHEN 2 THEN CAST(CAST(?5 AS TEXT) AS REAL) ELSE ?5 END,
+        ?6, ?7, CAST(?8 AS TEXT))
+"""
+UPSERT_RX = """
+INSERT INTO tinymq_rx (sender, stream, next_seq, shost, sport, seen)
+VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP)
+ON CONFLICT (sender, stream) DO UPDATE SET
+    next_seq = max(next_seq, excluded.next_seq), shost = excluded.shost,
+    sport = excluded.sport, seen = excluded.seen
+"""
+
+
+class RangeSet:
+    """Packet numbers received, as inclusive ranges, most recent first (bounded)."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self):
+        self.ranges = []
+
+    def add(self, pn):
+        ranges = self.ranges
+        if ranges:
+            lo, hi = ranges[0]
+            if pn == hi + 1:
+                ranges[0] = (lo, pn)
+                return
+            if lo <= pn <= hi:
+                return
+        for i, (lo, hi) in enumerate(ranges):
+            if lo <= pn <= hi:
+                return
+            if pn > hi:
+                ranges.insert(i, (pn, pn))
+                break
+        else:
+            ranges.append((pn, pn))
+        self._merge()
+        del ranges[KEEP_RANGES:]
+
+    def _merge(self):
+        merged = []
+        for lo, hi in self.ranges:
+            if merged and merged[-1][0] <= hi + 1:
+                merged[-1] = (min(lo, merged[-1][0]), merged[-1][1])
+            else:
+                merged.append((lo, hi))
+        self.ranges = merged
+
+    def recent(self):
+        return self.ranges[:MAX_ACK_RANGES]
+
+
+class Partial:
+    """Fragments of one message as they arrive."""
+
+    __slots__ = ("chunks", "missing", "size")
+
+    def __init__(self, nfrags):
+        self.chunks = [None] * nfrags
+        self.missing = nfrags
+        self.size = 0
+
+
+class InboundStream:
+    __slots__ = ("sender", "stream", "committed", "submitted", "partial", "ready",
+                 "received", "addr", "shost", "sport", "buffered")
+
+    def __init__(self, sender, stream, committed):
+        self.sender = sender
+        self.stream = stream
+        self.committed = committed
+        self.submitted = committed
+        self.partial = {}  # seq -> Partial
+        self.ready = {}  # seq -> Message, complete but waiting for an earlier one
+        self.received = RangeSet()
+        self.addr = None
+        self.shost = None
+        self.sport = None
+        self.buffered = 0
+
+
+def display_host(addr):
+    """An address as an admin would write it: IPv4-mapped IPv6 shown as plain IPv4."""
+    host = addr[0]
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+class Inbound:
+    """Owned by the receiver thread; the writer thread calls back under `lock`."""
+
+    def __init__(self, node, port, writer, send, known):
+        self.node = node
+        self.port = port
+        self.writer = writer
+        self.send = send  # send(datagram, addr)
+        self.boot = 0
+        self.lock = threading.Lock()
+        self.streams = {}
+        self.known = known  # (sender, stream) -> committed, from tinymq_rx
+        self.dirty = set()
+        self.buffered = 0
+        self.received_messages = 0
+        self.committed_messages = 0
+
+    def on_data(self, dgram, addr):
+        """Take one DATA datagram; returns False if a malformed message was found."""
+        header = dgram.header
+        key = (header.src, dgram.stream)
+        ok = True
+        with self.lock:
+            st = self.streams.get(key)
+            if st is None:
+                st = InboundStream(header.src, dgram.stream, self.known.pop(key, 0))
+                self.streams[key] = st
+            st.addr = addr
+            st.shost = display_host(addr)
+            st.sport = header.port
+            if dgram.base > st.submitted:
+                self._skip_to(st, dgram.base)
+            keep = True
+            for frame in dgram.frames:
+                result = self._take_frame(st, frame)
+                if result is None:
+                    keep = False  # dropped for lack of buffer: do not claim receipt
+                elif result is False:
+                    ok = False
+            if keep:
+                st.received.add(dgram.pn)
+            self._submit_ready(st)
+            self.dirty.add(st)
+        return ok
+
+    def _skip_to(self, st, base):
+        """The sender says everything below `base` is delivered or cancelled."""
+        for seq in [s for s in st.partial if s < base]:
+            self._unbuffer(st, st.partial.pop(seq).size)
+        for seq in [s for s in st.ready if s < base]:
+            self._unbuffer(st, len(st.ready.pop(seq).data))
+        st.submitted = base
+        st.committed = max(st.committed, base)
+
+    def _unbuffer(self, st, size):
+        st.buffered -= size
+        self.buffered -= size
+
+    def _take_frame(self, st, frame):
+        """True if stored or already known, None if no room, False if malformed."""
+        seq = frame.seq
+        if seq < st.submitted or seq in st.ready:
+            return True  # a duplicate: the acknowledgement will repeat what we have
+        part = st.partial.get(seq)
+        if part is None:
+            if self.buffered > BUFFER_LIMIT and seq != st.submitted:
+                return None
+            part = st.partial[seq] = Partial(frame.nfrags)
+        elif len(part.chunks) != frame.nfrags:
+            return False
+        if part.chunks[frame.frag] is not None:
+            return True
+        size = len(frame.chunk)
+        part.chunks[frame.frag] = frame.chunk
+        part.missing -= 1
+        part.size += size
+        st.buffered += size
+        self.buffered += size
+        if part.missing:
+            return True
+        del st.partial[seq]
+        try:
+            message = protocol.decode_message(b"".join(part.chunks))
+        except protocol.BadDatagram:
+            self._unbuffer(st, part.size)
+            log.warning("malformed message %d from node %x dropped", seq, st.sender)
+            return False
+        self._unbuffer(st, part.size - len(message.data))
+        st.ready[seq] = message
+        return True
+
+    def _submit_ready(self, st):
+        rows = []
+        while st.submitted in st.ready:
+            message = st.ready.pop(st.submitted)
+            self._unbuffer(st, len(message.data))
+            rows.append((st.shost, st.sport, message.token, message.kind, message.data,
+                         f"{st.sender:016x}", st.submitted, message.sent))
+            st.submitted += 1
+        if not rows:
+            return
+        upto = st.submitted
+        rx = (st.sender, st.stream, upto, st.shost, st.sport)
+
+        def write(conn):
+            conn.executemany(INSERT_MQIN, rows)
+            conn.execute(UPSERT_RX, rx)
+
+        def done():
+            with self.lock:
+                self.committed_messages += len(rows)
+                if upto > st.committed:
+                    st.committed = upto
+                self._send_ack(st)
+
+        self.received_messages += len(rows)
+        self.writer.submit(write, done)
+
+    def flush_acks(self):
+        with self.lock:
+            for st in self.dirty:
+                self._send_ack(st)
+            self.dirty.clear()
+
+    def _send_ack(self, st):
+        if st.addr is None:
+            return
+        self.send(protocol.encode_ack(self.port, self.node, st.sender, st.stream,
+                                      st.committed, self.boot, st.received.recent()),
+                  st.addr)

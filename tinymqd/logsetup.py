@@ -1,0 +1,45 @@
+"""Logging: to the journal (with structured fields) under systemd, else to stderr."""
+
+import logging
+import os
+import sys
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def stderr_is_journal():
+    """True when systemd connected our stderr to the journal (see systemd.exec(5))."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def setup(level="info"):
+    root = logging.getLogger("tinymqd")
+    root.handlers.clear()
+    root.propagate = False
+    root.setLevel(LEVELS[level])
+    handler = None
+    if stderr_is_journal():
+        try:
+            from systemd.journal import JournalHandler
+            handler = JournalHandler(SYSLOG_IDENTIFIER="tinymqd")
+        except ImportError:
+            handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s tinymqd %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    return root
+
+
+def fatal(message):
+    """A start-up failure: one line on stderr (the unit's stream carries it to the
+    journal with the unit's name even when the process exits at once)."""
+    print(f"tinymqd: error: {message}", file=sys.stderr, flush=True)

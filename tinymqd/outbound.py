@@ -1,0 +1,304 @@
+"""Sending to one destination: window, loss detection, round-trip time, backoff.
+
+An OutStream holds the lowest pending messages of one destination (host, port), sends
+their fragments in numbered packets, and learns from acknowledgements:
+- packet numbers acknowledged: fragments the peer holds (frees the window, RTT samples);
+- the committed point: messages the peer stored durably; only these leave mqout.
+Packet numbers are never reused, so every RTT sample is unambiguous (no Karn problem).
+"""
+
+import collections
+import random
+
+from tinymqd import protocol
+
+INITIAL_RTO = 0.25
+MIN_RTO = 0.1
+INITIAL_CWND = 16.0
+MIN_CWND = 2.0
+MAX_CWND = 2048.0
+REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
+UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
+
+
+class OutMessage:
+    __slots__ = ("seq", "x", "blob", "nfrags", "next_frag", "acked", "nacked", "done")
+
+    def __init__(self, seq, x, blob, chunk):
+        self.seq = seq
+        self.x = x
+        self.blob = blob
+        self.nfrags = max(1, -(-len(blob) // chunk))
+        self.next_frag = 0  # first fragment never sent yet
+        self.acked = bytearray(self.nfrags)
+        self.nacked = 0
+        self.done = False  # committed by the peer or cancelled here
+
+    def reset(self):
+        """The peer lost what it held (it restarted): send everything again."""
+        self.next_frag = 0
+        self.acked = bytearray(self.nfrags)
+        self.nacked = 0
+
+
+class OutStream:
+    """Per-destination state; used only by the scheduler thread."""
+
+    def __init__(self, stream_id, host, port, next_seq, chunk):
+        self.id = stream_id
+        self.host = host
+        self.port = port
+        self.chunk = chunk
+        self.assigned = next_seq  # seqs below are committed in mqout
+        self.allocated = next_seq  # seqs below are handed out (maybe not yet committed)
+        self.load_from = None  # next seq to read from mqout; None: find the lowest
+        self.committed = 0  # the peer's committed point
+        self.messages = collections.OrderedDict()  # seq -> OutMessage, ascending
+        self.unsent = collections.deque()  # messages with fragments never sent
+        self.retx = collections.deque()  # (message, fragment) to send again
+        self.loaded_bytes = 0
+        # addressing
+        self.addr = None
+        self.resolve_error = None
+        self.resolving = False
+        self.next_resolve = 0.0
+        self.next_resolve_wait = 0.0
+        # packets and timers
+        self.sent = collections.OrderedDict()  # pn -> (time, frames)
+        self.next_pn = 1
+        self.largest_acked = 0
+        self.cwnd = INITIAL_CWND
+        self.ssthresh = MAX_CWND
+        self.recovery_start = 0.0
+        self.srtt = None
+        self.rttvar = 0.0
+        self.rto = INITIAL_RTO
+        self.backoff = 1.0
+        self.timer = None  # when the oldest outstanding packet counts as lost
+        self.timer_queued = None  # the deadline last put on the scheduler's heap
+        self.stall_since = None
+        self.peer_node = 0
+        self.peer_boot = None
+        self.last_heard = None
+        self.waiting_since = None  # first send without an answer since
+        self.unreachable = False
+        self.error_shown = None  # last_error text currently written to its rows
+
+    @property
+    def name(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def base(self):
+        for message in self.messages.values():
+            return message.seq
+        return self.load_from or 0
+
+    def has_work(self):
+        return bool(self.retx or self.unsent)
+
+    def add(self, message):
+        self.messages[message.seq] = message
+        self.unsent.append(message)
+        self.loaded_bytes += len(message.blob)
+
+    def _drop(self, message):
+        message.done = True
+        self.loaded_bytes -= len(message.blob)
+
+    def cancel(self, seqs):
+        for seq in seqs:
+            message = self.messages.pop(seq, None)
+            if message is not None:
+                self._drop(message)
+
+    def build_packet(self, max_datagram, port, node):
+        """The next DATA datagram to send, or None. Records it as outstanding."""
+        frames = []
+        room = max_datagram - protocol.DATA_OVERHEAD
+        while True:
+            picked = self._peek()
+            if picked is None:
+                break
+            message, frag, from_retx = picked
+            start = frag * self.chunk
+            chunk = message.blob[start:start + self.chunk]
+            need = protocol.FRAME.size + len(chunk)
+            if need > room:
+                break
+            room -= need
+            frames.append((message, frag, chunk))
+            if from_retx:
+                self.retx.popleft()
+            else:
+                message.next_frag += 1
+                if message.next_frag >= message.nfrags:
+                    self.unsent.popleft()
+        if not frames:
+            return None
+        pn = self.next_pn
+        self.next_pn += 1
+        datagram = protocol.encode_data(
+            port, node, self.peer_node, self.id, pn, self.base,
+            [(m.seq, f, m.nfrags, c) for m, f, c in frames])
+        return pn, datagram, [(m, f) for m, f, _ in frames]
+
+    def _peek(self):
+        retx = self.retx
+        while retx:
+            message, frag = retx[0]
+            if message.done or message.acked[frag]:
+                retx.popleft()
+                continue
+            return message, frag, True
+        unsent = self.unsent
+        while unsent:
+            message = unsent[0]
+            if message.done:
+                unsent.popleft()
+                continue
+            return message, message.next_frag, False
+        return None
+
+    def record_sent(self, pn, frames, now):
+        self.sent[pn] = (now, frames)
+        if self.timer is None:
+            self.timer = now + self.jittered_rto()
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def current_rto(self):
+        return self.rto * self.backoff
+
+    def on_ack(self, ack, now, retry_max):
+        """Apply an acknowledgement; returns the new committed point if it advanced."""
+        self.last_heard = now
+        self.waiting_since = None
+        self.peer_node = ack.header.src
+        if self.peer_boot is not None and ack.boot != self.peer_boot:
+            self.peer_restarted()
+        self.peer_boot = ack.boot
+        newly = 0
+        sent = self.sent
+        latest = None
+        for lo, hi in ack.ranges:
+            if hi - lo < len(sent):
+                pns = [pn for pn in range(lo, hi + 1) if pn in sent]
+            else:
+                pns = [pn for pn in sent if lo <= pn <= hi]
+            for pn in pns:
+                when, frames = sent.pop(pn)
+                newly += 1
+                for message, frag in frames:
+                    if not message.acked[frag]:
+                        message.acked[frag] = 1
+                        message.nacked += 1
+                if pn > self.largest_acked:
+                    self.largest_acked = pn
+                    latest = now - when
+        if latest is not None:
+            self._rtt_sample(latest)
+        if newly:
+            self.backoff = 1.0
+            self._grow(newly)
+        self._detect_losses(now)
+        self.timer = (now + self.current_rto()) if sent else None
+        if ack.committed > self.committed:
+            self.committed = ack.committed
+            self._release_committed()
+            return ack.committed
+        return None
+
+    def _release_committed(self):
+        messages = self.messages
+        while messages:
+            seq, message = next(iter(messages.items()))
+            if seq >= self.committed:
+                break
+            del messages[seq]
+            self._drop(message)
+        if self.load_from is not None and self.load_from < self.committed:
+            self.load_from = self.committed
+
+    def _rtt_sample(self, rtt):
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = max(MIN_RTO, self.srtt + 4 * self.rttvar)
+
+    def _grow(self, packets):
+        if self.cwnd < self.ssthresh:
+            self.cwnd += packets  # slow start
+        else:
+            self.cwnd += packets / self.cwnd  # additive increase
+        self.cwnd = min(self.cwnd, MAX_CWND)
+
+    def _detect_losses(self, now):
+        sent = self.sent
+        if not sent:
+            return
+        threshold = 1.125 * (self.srtt or INITIAL_RTO)
+        lost = []
+        for pn, (when, _) in sent.items():
+            if pn >= self.largest_acked:
+                break
+            if pn <= self.largest_acked - REORDER_PACKETS or when <= now - threshold:
+                lost.append(pn)
+        if lost:
+            newest_lost_time = sent[lost[-1]][0]
+            for pn in lost:
+                self._requeue(sent.pop(pn)[1])
+            if newest_lost_time > self.recovery_start:
+                # One reduction per round trip of losses (multiplicative decrease).
+                self.recovery_start = now
+                self.cwnd = max(MIN_CWND, self.cwnd / 2)
+                self.ssthresh = self.cwnd
+
+    def _requeue(self, frames):
+        for message, frag in frames:
+            if not message.done and not message.acked[frag]:
+                self.retx.append((message, frag))
+
+    def on_timeout(self, now, retry_max):
+        """No acknowledgement in time: everything outstanding is lost; back off."""
+        for _, frames in self.sent.values():
+            self._requeue(frames)
+        self.sent.clear()
+        self.cwnd = MIN_CWND / 2  # one probe packet until the peer answers
+        self.ssthresh = max(MIN_CWND, self.ssthresh / 2)
+        self.backoff = min(self.backoff * 2, max(1.0, retry_max / self.rto))
+        self.timer = None
+        became_unreachable = (not self.unreachable and self.waiting_since is not None
+                              and now - self.waiting_since >= UNREACHABLE_AFTER)
+        if became_unreachable:
+            self.unreachable = True
+        return became_unreachable
+
+    def jittered_rto(self):
+        return self.current_rto() * random.uniform(0.9, 1.1)
+
+    def peer_restarted(self):
+        """The peer's memory is gone: resend everything not yet committed."""
+        self.sent.clear()
+        self.retx.clear()
+        self.unsent.clear()
+        for message in self.messages.values():
+            message.reset()
+            self.unsent.append(message)
+        self.timer = None
+
+    def wake(self, now):
+        """The peer is alive again (it spoke to us): retry now, not after the backoff."""
+        self.backoff = 1.0
+        if self.sent:
+            self.timer = now
+        self.cwnd = max(self.cwnd, MIN_CWND)
+
+    def stalled(self):
+        """All fragments of the first message are held by the peer, yet not committed."""
+        for message in self.messages.values():
+            return message.nacked == message.nfrags and not self.sent
+        return False

@@ -1,0 +1,94 @@
+"""The UDP receiver thread: reads datagrams, drops bad ones, dispatches the rest.
+
+DATA goes to the inbound side (reassembly, order, durable hand-off); ACK and HELLO go
+to the scheduler's inbox. Acknowledgements are sent once per burst of datagrams.
+"""
+
+import logging
+import select
+import time
+
+from tinymqd import protocol
+from tinymqd.ratelimit import CountingLog
+from tinymqd.worker import Worker
+
+log = logging.getLogger("tinymqd.receiver")
+
+MAX_BURST = 256
+RECV_SIZE = 65536
+HEARD_INTERVAL = 0.5  # tell the scheduler a peer is alive at most this often
+
+
+class Receiver(Worker):
+    name = "receiver"
+
+    def __init__(self, stopping, sock, node, inbound, scheduler_inbox):
+        super().__init__(stopping)
+        self.sock = sock
+        self.node = node
+        self.inbound = inbound
+        self.inbox = scheduler_inbox
+        self.dropped = CountingLog(log, "bad datagrams")
+        self.datagrams = 0
+        self._heard = {}
+
+    def loop(self):
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        recv = self.sock.recvfrom
+        while not self.stopping.is_set():
+            self.beat()
+            if not poller.poll(250):
+                self.dropped.flush()
+                continue
+            for _ in range(MAX_BURST):
+                try:
+                    datagram, addr = recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    # e.g. ICMP errors reported on the socket; never fatal.
+                    log.debug("receive error: %s", e)
+                    continue
+                self.handle(datagram, addr)
+            self.inbound.flush_acks()
+
+    def handle(self, datagram, addr):
+        self.datagrams += 1
+        try:
+            message = protocol.decode(datagram)
+        except protocol.BadDatagram as e:
+            self.dropped.count(str(e), _where(addr))
+            return
+        except Exception:  # noqa: BLE001 - hostile input must never stop the thread
+            log.exception("decoder failed on a %d-byte datagram from %s",
+                          len(datagram), _where(addr))
+            self.dropped.count("decoder failure", _where(addr))
+            return
+        header = message.header
+        if header.src == self.node:
+            self.dropped.count("from ourselves", _where(addr))
+            return
+        kind = header.type
+        if kind == protocol.DATA:
+            if not self.inbound.on_data(message, addr):
+                self.dropped.count("malformed message", _where(addr))
+            self._note_heard(header, addr)
+        elif kind == protocol.ACK:
+            if header.dst != self.node:
+                self.dropped.count("ack for another node", _where(addr))
+                return
+            self.inbox.put(("ack", message, addr))
+        elif kind == protocol.HELLO:
+            self.inbox.put(("hello", message, addr))
+
+    def _note_heard(self, header, addr):
+        now = time.monotonic()
+        key = (addr[0], header.port)
+        if self._heard.get(key, 0.0) + HEARD_INTERVAL < now:
+            self._heard[key] = now
+            self.inbox.put(("heard", header.src, addr[0], header.port))
+
+
+def _where(addr):
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

@@ -1,0 +1,466 @@
+"""The retransmit scheduler thread: everything on the sending side.
+
+It notices new mqout rows (PRAGMA data_version: cheap, and it changes when any other
+connection commits), gives each a destination stream and a sequence number (through the
+writer, durably, before the first send), streams the lowest pending rows of each
+destination from the database into memory, sends, retransmits on loss or timeout with
+capped exponential backoff, and asks the writer to delete rows once the peer has
+committed them. A destination never waits for another: each has its own window, timers
+and address resolution.
+"""
+
+import concurrent.futures
+import datetime
+import heapq
+import logging
+import queue
+import socket
+import time
+
+from tinymqd import protocol, transport
+from tinymqd import store
+from tinymqd.outbound import OutMessage, OutStream
+from tinymqd.worker import Worker
+
+log = logging.getLogger("tinymqd.scheduler")
+
+POLL_INTERVAL = 0.004  # how often to look for rows inserted by other processes
+SCAN_BATCH = 2000
+RESCAN_INTERVAL = 5.0  # look again at rows that could not be sent
+CANCEL_CHECK_INTERVAL = 0.4  # DELETE from mqout stops a delivery within a second
+RESOLVE_RETRY = (1.0, 60.0)  # first and longest wait before resolving a name again
+RERESOLVE_INTERVAL = 60.0
+LOAD_BYTES = 8 * 1024 * 1024
+LOAD_ROWS = 1000
+ERROR_ROWS = 5000  # rows per stream marked at once with a destination's last_error
+MAX_ASSIGNING = 4  # assignment batches waiting in the writer before we stop scanning
+
+SCAN = """
+SELECT x, host, port, length(CAST(data AS BLOB)) + coalesce(length(CAST(token AS BLOB)), 0),
+       last_error
+FROM mqout WHERE stream IS NULL AND seq IS NULL AND x > ? AND x <= ? ORDER BY x LIMIT ?
+"""
+LOAD = """
+SELECT seq, x, typeof(data), data, token, ts FROM mqout
+WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?
+"""
+ASSIGN = "UPDATE mqout SET stream = ?, seq = ?, last_error = NULL WHERE x = ? AND stream IS NULL"
+SAVE_STREAM = """
+INSERT INTO tinymq_streams (id, host, port, next_seq) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)
+"""
+ROW_ERROR = "UPDATE mqout SET last_error = ? WHERE x = ? AND stream IS NULL"
+STREAM_ERROR = """
+UPDATE mqout SET last_error = ?1 WHERE x IN
+    (SELECT x FROM mqout WHERE stream = ?2 AND last_error IS NOT ?1 LIMIT ?3)
+"""
+CLEAR_STREAM_ERROR = "UPDATE mqout SET last_error = NULL WHERE stream = ? AND last_error IS NOT NULL"
+DELETE_COMMITTED = "DELETE FROM mqout WHERE stream = ? AND seq < ?"
+EXISTING = "SELECT seq FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
+KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
+                b"real": protocol.KIND_REAL, b"text": protocol.KIND_TEXT,
+                b"blob": protocol.KIND_BLOB}
+
+
+class Scheduler(Worker):
+    name = "scheduler"
+
+    def __init__(self, stopping, cfg, node, sock, writer):
+        super().__init__(stopping)
+        self.cfg = cfg
+        self.node = node
+        self.sock = sock
+        self.family = sock.family
+        self.writer = writer
+        self.inbox = queue.SimpleQueue()
+        self.chunk = protocol.chunk_size(cfg.max_datagram)
+        self.streams = {}  # id -> OutStream
+        self.by_dest = {}  # (host, port) -> OutStream
+        self.dirty = set()  # streams that may have something to load or send
+        self.timers = []  # heap of (deadline, stream id)
+        self.scan_x = 0
+        self.assigning = 0
+        self.data_version = None
+        self.resolver = concurrent.futures.ThreadPoolExecutor(4, "resolver")
+        self.delivered = 0
+        self.send_errors = 0
+
+    # -- the loop -------------------------------------------------------------
+
+    def loop(self):
+        self.db = store.connect(self.cfg.database, readonly=True)
+        try:
+            self._restore()
+            next_rescan = next_cancel_check = 0.0
+            while not self.stopping.is_set():
+                self.beat()
+                now = time.monotonic()
+                wait = POLL_INTERVAL
+                if self.timers:
+                    wait = max(0.0, min(wait, self.timers[0][0] - now))
+                self._handle_events(wait)
+                now = time.monotonic()
+                self._poll_mqout()
+                if now >= next_cancel_check:
+                    next_cancel_check = now + CANCEL_CHECK_INTERVAL
+                    self._check_cancelled(now)
+                if now >= next_rescan and not self.assigning:
+                    next_rescan = now + RESCAN_INTERVAL
+                    self._scan(0, self.scan_x)
+                    self._refresh_addresses(now)
+                self._run_timers(now)
+                self._pump(now)
+        finally:
+            self.resolver.shutdown(wait=False, cancel_futures=True)
+            self.db.close()
+
+    def _handle_events(self, wait):
+        try:
+            event = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        for _ in range(10000):
+            getattr(self, "_on_" + event[0])(*event[1:])
+            try:
+                event = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- start-up ---------------------------------------------------------------
+
+    def _restore(self):
+        rows = self.db.execute("SELECT id, host, port, next_seq FROM tinymq_streams").fetchall()
+        for stream_id, host, port, next_seq in rows:
+            st = self._add_stream(stream_id, host.decode("utf-8", "replace"), port, next_seq)
+            (lowest,) = self.db.execute("SELECT min(seq) FROM mqout WHERE stream = ?",
+                                        (stream_id,)).fetchone()
+            st.load_from = next_seq if lowest is None else lowest
+            if lowest is not None:
+                self._need_address(st)
+                self.dirty.add(st)
+
+    def _add_stream(self, stream_id, host, port, next_seq):
+        st = OutStream(stream_id, host, port, next_seq, self.chunk)
+        self.streams[stream_id] = st
+        self.by_dest[(host, port)] = st
+        return st
+
+    # -- new rows: validation and sequence numbers ---------------------------------
+
+    def _poll_mqout(self):
+        (version,) = self.db.execute("PRAGMA data_version").fetchone()
+        if version != self.data_version and self.assigning < MAX_ASSIGNING:
+            self.data_version = version
+            self._scan(self.scan_x, 1 << 62)
+
+    def _scan(self, after, upto):
+        """Assign streams and sequence numbers to unassigned rows with after < x <= upto."""
+        rows = self.db.execute(SCAN, (after, upto, SCAN_BATCH)).fetchall()
+        if not rows:
+            return
+        if upto > self.scan_x:
+            self.scan_x = max(self.scan_x, rows[-1][0])
+            if len(rows) == SCAN_BATCH:
+                self.data_version = None  # more to read: scan again next round
+        assigned, errors, touched = [], [], {}
+        for x, host, port, size, last_error in rows:
+            dest, problem = self._check_row(host, port, size)
+            if problem:
+                if last_error != problem.encode():
+                    errors.append((problem, x))
+                continue
+            st = self.by_dest.get(dest)
+            if st is None:
+                st = self._add_stream(max(self.streams, default=0) + 1, *dest, 1)
+                st.load_from = 1
+            assigned.append((st.id, st.allocated, x))
+            st.allocated += 1
+            touched[st.id] = st
+        if not assigned and not errors:
+            return
+        saved = [(st.id, st.host, st.port, st.allocated) for st in touched.values()]
+        progress = {st.id: st.allocated for st in touched.values()}
+
+        def write(conn):
+            conn.executemany(ASSIGN, assigned)
+            conn.executemany(SAVE_STREAM, saved)
+            conn.executemany(ROW_ERROR, errors)
+
+        self.assigning += 1
+        self.writer.submit(write, lambda: self.inbox.put(("assigned", progress)))
+
+    def _check_row(self, host, port, size):
+        """(destination, None) for a sendable row, else (None, the reason)."""
+        if port is None:
+            port = 9000
+        if isinstance(host, bytes):
+            try:
+                host = host.decode("utf-8").strip().strip("[]")
+            except UnicodeDecodeError:
+                return None, "host is not valid UTF-8 text"
+        if not isinstance(host, str) or not host:
+            return None, "host is empty: set it to a name or an IP address"
+        if isinstance(port, bytes):
+            return None, f"port {port.decode('utf-8', 'replace')!r} is not a number from 1 to 65535"
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            return None, f"port {port!r} is not a number from 1 to 65535"
+        if size is not None and size > self.cfg.max_message:
+            return None, (f"message is {size} bytes, larger than max_message "
+                          f"({self.cfg.max_message} bytes)")
+        return (host, port), None
+
+    def _on_assigned(self, progress):
+        self.assigning -= 1
+        for stream_id, allocated in progress.items():
+            st = self.streams[stream_id]
+            st.assigned = max(st.assigned, allocated)
+            self._need_address(st)
+            if st.error_shown:
+                self._show_error(st, st.error_shown, force=True)
+            self.dirty.add(st)
+
+    # -- addresses ------------------------------------------------------------------
+
+    def _need_address(self, st):
+        if st.addr is not None or st.resolving:
+            return
+        literal = transport.literal_address(st.host)
+        if literal is not None:
+            try:
+                st.addr = transport.resolve(st.host, st.port, self.family)
+            except OSError as e:
+                self._unresolved(st, str(e))
+            return
+        st.resolving = True
+        future = self.resolver.submit(transport.resolve, st.host, st.port, self.family)
+        future.add_done_callback(lambda f, i=st.id: self.inbox.put(("resolved", i, f)))
+
+    def _on_resolved(self, stream_id, future):
+        st = self.streams[stream_id]
+        st.resolving = False
+        try:
+            addr = future.result()
+        except concurrent.futures.CancelledError:
+            return
+        except (OSError, UnicodeError) as e:
+            self._unresolved(st, getattr(e, "strerror", None) or str(e))
+            return
+        if st.resolve_error:
+            log.info("host %s resolves again (%s)", st.name, addr[0],
+                     extra={"PEER": st.name})
+            st.resolve_error = None
+            self._show_error(st, None)
+        elif st.addr is not None and st.addr[:2] != addr[:2]:
+            log.info("destination %s moved from %s to %s", st.name, st.addr[0], addr[0],
+                     extra={"PEER": st.name})
+        st.addr = addr
+        st.next_resolve = time.monotonic() + RERESOLVE_INTERVAL
+        self.dirty.add(st)
+
+    def _unresolved(self, st, reason):
+        wait = RESOLVE_RETRY[0] if st.resolve_error is None else min(
+            RESOLVE_RETRY[1], 2 * max(RESOLVE_RETRY[0], st.next_resolve_wait))
+        st.next_resolve_wait = wait
+        st.next_resolve = time.monotonic() + wait
+        if st.resolve_error is None and st.addr is None:
+            log.warning("cannot resolve destination %s: %s; rows wait and it is tried again",
+                        st.name, reason, extra={"PEER": st.name})
+        st.resolve_error = reason
+        if st.addr is None:
+            self._show_error(st, f"host {st.host!r} does not resolve ({reason}); retrying")
+
+    def _refresh_addresses(self, now):
+        for st in self.streams.values():
+            if st.messages or st.load_from is not None and st.load_from < st.assigned:
+                if not st.resolving and st.next_resolve <= now and (
+                        st.addr is None or transport.literal_address(st.host) is None):
+                    if st.addr is None:
+                        self._need_address(st)
+                    else:
+                        st.resolving = True
+                        future = self.resolver.submit(transport.resolve, st.host, st.port,
+                                                      self.family)
+                        future.add_done_callback(
+                            lambda f, i=st.id: self.inbox.put(("resolved", i, f)))
+
+    # -- last_error for a whole destination -----------------------------------------------
+
+    def _show_error(self, st, text, force=False):
+        if text == st.error_shown and not force:
+            return
+        st.error_shown = text
+        stream_id = st.id
+        if text is None:
+            self.writer.submit(lambda c: c.execute(CLEAR_STREAM_ERROR, (stream_id,)))
+        else:
+            self.writer.submit(lambda c: c.execute(STREAM_ERROR, (text, stream_id, ERROR_ROWS)))
+
+    # -- loading and sending ---------------------------------------------------------------
+
+    def _load(self, st):
+        """Read the next pending rows of a destination into memory, within a budget."""
+        if st.load_from is None or st.load_from >= st.assigned:
+            return
+        want = max(64, 2 * int(st.cwnd)) - len(st.messages)
+        if want <= 0 or st.loaded_bytes >= LOAD_BYTES:
+            return
+        limit = min(want, LOAD_ROWS)
+        cursor = self.db.execute(LOAD, (st.id, st.load_from, st.assigned, limit))
+        rows = 0
+        try:
+            for seq, x, kind, data, token, ts in cursor:
+                st.add(OutMessage(seq, x, _encode(kind, data, token, ts), self.chunk))
+                st.load_from = seq + 1
+                rows += 1
+                if st.loaded_bytes >= LOAD_BYTES:
+                    return
+        finally:
+            cursor.close()  # ends the read transaction, so checkpoints can proceed
+        if rows < limit:
+            st.load_from = st.assigned  # no other row below it is pending
+
+    def _pump(self, now):
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, set()
+        for st in dirty:
+            if st.addr is None:
+                continue
+            if len(st.messages) < 2 * st.cwnd:
+                self._load(st)
+            self._send(st, now)
+            self._queue_timer(st)
+
+    def _send(self, st, now):
+        sendto = self.sock.sendto
+        port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
+        while len(st.sent) < st.cwnd and st.has_work():
+            packet = st.build_packet(limit, port, node)
+            if packet is None:
+                break
+            pn, datagram, frames = packet
+            try:
+                sendto(datagram, st.addr)
+            except OSError as e:
+                # Counted as a lost packet: the retransmission timer takes care of it.
+                self.send_errors += 1
+                log.debug("send to %s failed: %s", st.name, e)
+            st.record_sent(pn, frames, now)
+
+    def _queue_timer(self, st):
+        if st.timer is not None and st.timer != st.timer_queued:
+            st.timer_queued = st.timer
+            heapq.heappush(self.timers, (st.timer, st.id))
+
+    def _run_timers(self, now):
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            deadline, stream_id = heapq.heappop(timers)
+            st = self.streams[stream_id]
+            if st.timer != deadline:
+                continue  # superseded
+            st.timer_queued = None
+            if st.on_timeout(now, self.cfg.retry_max):
+                self._went_unreachable(st, now)
+            self.dirty.add(st)
+
+    # -- what peers tell us ----------------------------------------------------------------
+
+    def _on_ack(self, ack, addr):
+        st = self.streams.get(ack.stream)
+        if st is None or not (transport.same_endpoint(addr, st.addr)
+                              or (st.peer_node and ack.header.src == st.peer_node)):
+            return
+        if ack.committed > st.assigned:
+            return  # it cannot have what we never numbered: not an answer to us
+        now = time.monotonic()
+        if st.unreachable:
+            st.unreachable = False
+            log.info("destination %s is back", st.name, extra={"PEER": st.name})
+            self._show_error(st, None)
+        committed = st.on_ack(ack, now, self.cfg.retry_max)
+        if committed is not None:
+            stream_id = st.id
+            self.writer.submit(lambda c: c.execute(DELETE_COMMITTED, (stream_id, committed)))
+        self._queue_timer(st)
+        self.dirty.add(st)
+
+    def _on_hello(self, hello, addr):
+        now = time.monotonic()
+        for st in self._streams_of(hello.header.src, addr[0], hello.header.port):
+            if st.peer_boot is not None and st.peer_boot != hello.boot:
+                st.peer_restarted()
+                st.peer_boot = hello.boot
+            st.wake(now)
+            self._queue_timer(st)
+            self.dirty.add(st)
+
+    def _on_heard(self, node, ip, port):
+        now = time.monotonic()
+        for st in self._streams_of(node, ip, port):
+            if st.backoff > 1.0 or st.unreachable:
+                st.wake(now)
+                self._queue_timer(st)
+                self.dirty.add(st)
+
+    def _streams_of(self, node, ip, port):
+        for st in self.streams.values():
+            if (st.peer_node and st.peer_node == node) or (
+                    st.addr is not None and st.addr[0] == ip and st.port == port):
+                yield st
+
+    def _went_unreachable(self, st, now):
+        since = datetime.datetime.now().astimezone() - datetime.timedelta(
+            seconds=now - st.waiting_since)
+        log.warning("destination %s is not answering; retrying every %.1f s",
+                    st.name, self.cfg.retry_max, extra={"PEER": st.name})
+        self._show_error(st, f"no answer from {st.name} since "
+                             f"{since:%Y-%m-%d %H:%M:%S %z}; retrying")
+
+    # -- cancelled rows ---------------------------------------------------------------------
+
+    def _check_cancelled(self, now):
+        """Forget messages whose rows were deleted from mqout (DELETE cancels)."""
+        for st in self.streams.values():
+            if not st.messages:
+                continue
+            seqs = st.messages.keys()
+            first, last = next(iter(seqs)), next(reversed(seqs))
+            present = {row[0] for row in self.db.execute(EXISTING, (st.id, first, last))}
+            gone = [seq for seq in seqs if seq not in present]
+            if gone:
+                st.cancel(gone)
+                log.info("%d message(s) to %s cancelled (deleted from mqout)",
+                         len(gone), st.name, extra={"PEER": st.name})
+                self.dirty.add(st)
+            if st.stalled():
+                if st.stall_since is None:
+                    st.stall_since = now
+                elif now - st.stall_since > max(1.0, 4 * (st.srtt or 0.25)) * st.backoff:
+                    st.stall_since = None
+                    st.peer_restarted()
+                    self.dirty.add(st)
+            else:
+                st.stall_since = None
+
+    # -- figures for STATUS ------------------------------------------------------------------
+
+    def figures(self):
+        waiting = [st for st in list(self.streams.values()) if st.messages]
+        return {
+            "destinations": len(waiting),
+            "unreachable": sum(1 for st in waiting if st.unreachable or st.resolve_error),
+            "in_memory": sum(len(st.messages) for st in waiting),
+        }
+
+
+def _encode(kind, data, token, ts):
+    kind = KIND_BY_TYPE.get(kind, protocol.KIND_BLOB)
+    if kind in (protocol.KIND_INTEGER, protocol.KIND_REAL):
+        data = repr(data).encode()
+    elif data is None:
+        data = b""
+    if token is not None and not isinstance(token, bytes):
+        token = str(token).encode()
+    sent = ts if isinstance(ts, bytes) else (b"" if ts is None else str(ts).encode())
+    return protocol.encode_message(kind, token, sent, data)

@@ -1,0 +1,141 @@
+"""The SQLite database: schema, connections, and the node identity stored in it."""
+
+import os
+import secrets
+import sqlite3
+
+
+class StoreError(Exception):
+    """The database cannot be used; str() is the one line shown to the user."""
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mqout (
+    x          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts         DEFAULT CURRENT_TIMESTAMP,
+    host       TEXT,
+    port       INTEGER DEFAULT 9000,
+    token      TEXT,
+    data,
+    last_error TEXT,
+    stream     INTEGER,
+    seq        INTEGER
+);
+CREATE TABLE IF NOT EXISTS mqin (
+    x       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      DEFAULT CURRENT_TIMESTAMP,
+    shost   TEXT,
+    sport   INTEGER,
+    token   TEXT,
+    data,
+    sender  TEXT,
+    seq     INTEGER,
+    sent_ts TEXT
+);
+CREATE TABLE IF NOT EXISTS tinymq_meta (
+    key   TEXT PRIMARY KEY,
+    value
+);
+CREATE TABLE IF NOT EXISTS tinymq_streams (
+    id       INTEGER PRIMARY KEY,
+    host     TEXT NOT NULL,
+    port     INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    UNIQUE (host, port)
+);
+CREATE TABLE IF NOT EXISTS tinymq_rx (
+    sender   INTEGER NOT NULL,
+    stream   INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    shost    TEXT,
+    sport    INTEGER,
+    seen     DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (sender, stream)
+);
+"""
+
+# Columns the daemon owns in mqout; added to tables made by an older version.
+DAEMON_COLUMNS = {"last_error": "TEXT", "stream": "INTEGER", "seq": "INTEGER"}
+REQUIRED = {"mqout": ("x", "host", "port", "token", "data"),
+            "mqin": ("x", "shost", "sport", "token", "data")}
+MQIN_EXTRA = {"sender": "TEXT", "seq": "INTEGER", "sent_ts": "TEXT"}
+
+BUSY_TIMEOUT_S = 0.2
+
+
+def _create_file(path):
+    """Create a missing database file so that umask decides its mode (group access).
+
+    SQLite itself would create it 0644, locking group members out.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def connect(path, *, readonly=False):
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    if readonly:
+        conn.text_factory = bytes  # deliver TEXT byte for byte, whatever its encoding
+        conn.execute("PRAGMA query_only=1")
+    else:
+        conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def initialize(path):
+    """Create the database and tables when missing; return this node's identity.
+
+    Raises StoreError with a readable line when the file cannot be used.
+    """
+    try:
+        _create_file(path)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            _upgrade(conn)
+            conn.execute("CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)")
+            node = _node_id(conn)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"database {path}: {e}") from None
+    except OSError as e:
+        raise StoreError(f"database {path}: {e.strerror}") from None
+    return node
+
+
+def _columns(conn, table):
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _upgrade(conn):
+    for table, needed in REQUIRED.items():
+        missing = [c for c in needed if c not in _columns(conn, table)]
+        if missing:
+            raise sqlite3.DatabaseError(
+                f"table {table} has no column {', '.join(missing)} "
+                f"(made by another program? rename the table and restart)")
+    for table, extra in (("mqout", DAEMON_COLUMNS), ("mqin", MQIN_EXTRA)):
+        present = _columns(conn, table)
+        for column, kind in extra.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _node_id(conn):
+    row = conn.execute("SELECT value FROM tinymq_meta WHERE key='node_id'").fetchone()
+    if row and isinstance(row[0], int) and row[0] > 0:
+        return row[0]
+    node = secrets.randbits(63) or 1
+    conn.execute("INSERT OR REPLACE INTO tinymq_meta (key, value) VALUES ('node_id', ?)",
+                 (node,))
+    return node

@@ -1,0 +1,75 @@
+"""The UDP socket and destination addresses."""
+
+import errno
+import ipaddress
+import logging
+import socket
+
+log = logging.getLogger("tinymqd")
+
+BUFFER_BYTES = 4 * 1024 * 1024  # the kernel caps this at net.core.[rw]mem_max
+
+
+class BindError(Exception):
+    """The socket cannot be bound; str() is the one line shown to the user."""
+
+
+def open_socket(bind, port):
+    """A non-blocking UDP socket on (bind, port); '::' falls back to IPv4 if need be."""
+    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    try:
+        sock = _bound(family, bind, port)
+    except OSError as e:
+        if bind == "::" and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            log.warning("IPv6 is not available (%s); listening on 0.0.0.0 (IPv4 only)",
+                        e.strerror)
+            sock = _bound(socket.AF_INET, "0.0.0.0", port)
+        else:
+            raise BindError(f"cannot listen on UDP [{bind}]:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
+        except OSError:
+            pass
+    return sock
+
+
+def _bound(family, bind, port):
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6 and bind == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((bind, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def literal_address(host):
+    """The host as an IP address object, or None when it is a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def resolve(host, port, family):
+    """The socket address to send to host:port; raises OSError (socket.gaierror)."""
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+    if family == socket.AF_INET:
+        infos = [i for i in infos if i[0] == socket.AF_INET]
+        if not infos:
+            raise socket.gaierror(f"no IPv4 address for {host} (bind is IPv4 only)")
+        return infos[0][4]
+    for fam, _, _, _, addr in infos:
+        if fam == socket.AF_INET6:
+            return addr
+        if fam == socket.AF_INET:
+            return (f"::ffff:{addr[0]}", addr[1], 0, 0)
+    raise socket.gaierror(f"no usable address for {host}")
+
+
+def same_endpoint(a, b):
+    return a is not None and b is not None and a[0] == b[0] and a[1] == b[1]
