@@ -1,0 +1,48 @@
+# tinymq: build, run and test. Everything runs on Debian's /usr/bin/python3 with Debian's
+# packages; `make deps` installs what is missing (needs root, as in CI).
+PYTHON ?= /usr/bin/python3
+PORT ?= 9000
+RUNDIR ?= run
+RUNTIME_DEBS = python3-yaml python3-systemd python3-sdnotify sqlite3
+TEST_DEBS = python3-pytest python3-pytest-timeout python3-hypothesis iproute2 procps
+PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
+
+.PHONY: all run test test-unit test-integration bench chaos deps deps-test clean
+
+all: test
+
+# Install Debian packages only when missing (idempotent; apt-get needs root).
+define apt_ensure
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+endef
+
+deps:
+	$(call apt_ensure,$(RUNTIME_DEBS))
+
+deps-test: deps
+	$(call apt_ensure,$(TEST_DEBS))
+
+# Run the daemon in the foreground from the checkout with a local database.
+run: deps
+	mkdir -p $(RUNDIR)
+	$(PYTHON) -m tinymqd $(PORT) $(RUNDIR)/tinymq.db
+
+test: deps-test
+	$(PYTEST) tests/unit tests/integration
+
+test-unit: deps-test
+	$(PYTEST) tests/unit
+
+test-integration: deps-test
+	$(PYTEST) tests/integration
+
+bench: deps-test
+	$(PYTHON) -m bench
+
+clean:
+	rm -rf $(RUNDIR) .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
