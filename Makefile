@@ -41,8 +41,11 @@ test-integration: deps-test
 	$(PYTEST) tests/integration
 
 bench: deps-test
-	$(PYTHON) -m bench
+	$(PYTHON) -m tests.bench
 
 clean:
 	rm -rf $(RUNDIR) .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Debian package, lintian and system tests (issue #3): deb, lintian, image, test-system.
+-include packaging.mk

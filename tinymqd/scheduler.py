@@ -13,18 +13,21 @@ import concurrent.futures
 import datetime
 import heapq
 import logging
-import queue
-import socket
+import os
 import time
 
-from tinymqd import protocol, transport
-from tinymqd import store
+from tinymqd import protocol, store, transport
 from tinymqd.outbound import OutMessage, OutStream
+from tinymqd.wakeup import Inbox, watch_directory
 from tinymqd.worker import Worker
 
 log = logging.getLogger("tinymqd.scheduler")
 
-POLL_INTERVAL = 0.004  # how often to look for rows inserted by other processes
+POLL_INTERVAL = 0.004  # how often to look for new rows where inotify is unavailable
+IDLE_WAKE = 1.0  # look anyway this often (a safety net under inotify)
+# A writer's WAL write wakes us before its commit is visible (the WAL index is updated
+# after the write and fsync), so after a wake-up keep looking for a short while.
+AFTER_WAKE = 0.1
 SCAN_BATCH = 2000
 RESCAN_INTERVAL = 5.0  # look again at rows that could not be sent
 CANCEL_CHECK_INTERVAL = 0.4  # DELETE from mqout stops a delivery within a second
@@ -72,7 +75,7 @@ class Scheduler(Worker):
         self.sock = sock
         self.family = sock.family
         self.writer = writer
-        self.inbox = queue.SimpleQueue()
+        self.inbox = Inbox()
         self.chunk = protocol.chunk_size(cfg.max_datagram)
         self.streams = {}  # id -> OutStream
         self.by_dest = {}  # (host, port) -> OutStream
@@ -89,16 +92,22 @@ class Scheduler(Worker):
 
     def loop(self):
         self.db = store.connect(self.cfg.database, readonly=True)
+        watch = watch_directory(os.path.dirname(os.path.abspath(self.cfg.database)))
         try:
             self._restore()
-            next_rescan = next_cancel_check = 0.0
+            next_rescan = next_cancel_check = poll_until = 0.0
             while not self.stopping.is_set():
                 self.beat()
                 now = time.monotonic()
-                wait = POLL_INTERVAL
+                wait = IDLE_WAKE if watch and now > poll_until else POLL_INTERVAL
                 if self.timers:
-                    wait = max(0.0, min(wait, self.timers[0][0] - now))
-                self._handle_events(wait)
+                    wait = min(wait, self.timers[0][0] - now)
+                if self.dirty or self.data_version is None:
+                    wait = 0
+                if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
+                    watch.clear()
+                    poll_until = time.monotonic() + AFTER_WAKE
+                self._handle_events()
                 now = time.monotonic()
                 self._poll_mqout()
                 if now >= next_cancel_check:
@@ -112,19 +121,13 @@ class Scheduler(Worker):
                 self._pump(now)
         finally:
             self.resolver.shutdown(wait=False, cancel_futures=True)
+            if watch:
+                watch.close()
             self.db.close()
 
-    def _handle_events(self, wait):
-        try:
-            event = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
-        except queue.Empty:
-            return
-        for _ in range(10000):
+    def _handle_events(self):
+        for event in self.inbox.get_all():
             getattr(self, "_on_" + event[0])(*event[1:])
-            try:
-                event = self.inbox.get_nowait()
-            except queue.Empty:
-                return
 
     # -- start-up ---------------------------------------------------------------
 
@@ -297,13 +300,17 @@ class Scheduler(Worker):
 
     # -- loading and sending ---------------------------------------------------------------
 
+    @staticmethod
+    def _load_room(st):
+        return max(64, 2 * int(st.cwnd)) - len(st.messages)
+
+    def _may_load(self, st):
+        return (st.load_from is not None and st.load_from < st.assigned
+                and self._load_room(st) > 0 and st.loaded_bytes < LOAD_BYTES)
+
     def _load(self, st):
         """Read the next pending rows of a destination into memory, within a budget."""
-        if st.load_from is None or st.load_from >= st.assigned:
-            return
-        want = max(64, 2 * int(st.cwnd)) - len(st.messages)
-        if want <= 0 or st.loaded_bytes >= LOAD_BYTES:
-            return
+        want = self._load_room(st)
         limit = min(want, LOAD_ROWS)
         cursor = self.db.execute(LOAD, (st.id, st.load_from, st.assigned, limit))
         rows = 0
@@ -326,10 +333,12 @@ class Scheduler(Worker):
         for st in dirty:
             if st.addr is None:
                 continue
-            if len(st.messages) < 2 * st.cwnd:
+            if self._may_load(st):
                 self._load(st)
             self._send(st, now)
             self._queue_timer(st)
+            if len(st.sent) < st.cwnd and not st.has_work() and self._may_load(st):
+                self.dirty.add(st)  # the window has room and rows wait in the database
 
     def _send(self, st, now):
         sendto = self.sock.sendto

@@ -1,0 +1,126 @@
+"""`make bench`: figures for tinymq on this machine (two daemons on loopback).
+
+Prints throughput, latency from a separate process's INSERT to the peer's mqin, idle
+CPU and peak memory. These are measurements, not tests: nothing here passes or fails,
+except that every message must arrive exactly once.
+"""
+
+import argparse
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+
+from tests.support.daemon import Daemon
+
+CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def count(conn, table):
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def throughput(a, b, n, size):
+    """n messages of `size` bytes inserted in one transaction; time until all moved."""
+    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
+    inn = sqlite3.connect(b.db, timeout=10)
+    before = count(inn, "mqin")
+    t0 = time.monotonic()
+    out.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+        "INSERT INTO mqout (host, port, token, data) "
+        "SELECT '127.0.0.1', ?, 'bench', printf('%0*d', ?, i) FROM c", (n, b.port, size))
+    wait_for(lambda: count(inn, "mqin") - before >= n and count(out, "mqout") == 0,
+             300, f"{n} messages")
+    elapsed = time.monotonic() - t0
+    got = inn.execute("SELECT count(*), count(DISTINCT data) FROM mqin WHERE x > "
+                      "(SELECT coalesce(max(x), 0) - ? FROM mqin)", (n,)).fetchone()
+    assert got == (n, n), f"exactly once violated: {got}"
+    out.close()
+    inn.close()
+    return n / elapsed, elapsed
+
+
+def latency(a, b, samples, gap):
+    """Each sample: INSERT committed in this process -> row visible in the peer's mqin."""
+    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
+    inn = sqlite3.connect(b.db, isolation_level=None)
+    times = []
+    for i in range(samples):
+        marker = f"latency-{i}-{time.time_ns()}"
+        t0 = time.monotonic()
+        out.execute("INSERT INTO mqout (host, port, token, data) VALUES ('127.0.0.1', ?, "
+                    "'lat', ?)", (b.port, marker))
+        while not inn.execute("SELECT 1 FROM mqin WHERE x > (SELECT max(x) - 3 FROM mqin) "
+                              "AND data = ?", (marker,)).fetchone():
+            if time.monotonic() - t0 > 10:
+                raise SystemExit("bench: a latency sample took over 10 s")
+            time.sleep(0.0002)
+        times.append(time.monotonic() - t0)
+        time.sleep(gap)
+    out.close()
+    inn.close()
+    times.sort()
+    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
+
+
+def idle_cpu(daemon, seconds):
+    before = cpu_seconds(daemon.pid)
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(daemon.pid) - before) / seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tinymq-bench-") as tmp:
+        a, b = Daemon(tmp, "a"), Daemon(tmp, "b")
+        try:
+            a.start()
+            b.start()
+            rate, elapsed = throughput(a, b, args.messages, args.size)
+            print(f"throughput: {rate:,.0f} messages/s ({args.messages} x {args.size} B "
+                  f"in {elapsed:.2f} s, exactly once)")
+            p50, p99 = latency(a, b, args.latency_samples, 0.01)
+            print(f"latency INSERT -> peer's mqin: p50 {p50 * 1000:.2f} ms, "
+                  f"p99 {p99 * 1000:.2f} ms ({args.latency_samples} samples)")
+            print(f"idle CPU over {args.idle_seconds:.0f} s: sender "
+                  f"{idle_cpu(a, args.idle_seconds):.2f}% of a core", end="")
+            print(f", receiver {idle_cpu(b, args.idle_seconds):.2f}%")
+            print(f"peak RSS: sender {peak_rss_mb(a.pid):.1f} MB, "
+                  f"receiver {peak_rss_mb(b.pid):.1f} MB")
+        finally:
+            a.cleanup()
+            b.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
