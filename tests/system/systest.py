@@ -1,0 +1,431 @@
+"""Helpers for the system tests: a cached Debian 12 image, containers booted
+with a real systemd (systemd-nspawn), network namespaces joined by veth pairs.
+
+The image is a debootstrap root cached under $TINYMQ_TEST_CACHE (default
+/var/cache/tinymq-test), keyed by its recipe. Containers boot it with
+--volatile=overlay, so every container starts from the pristine image and
+leaves nothing behind. Each container lives in its own network namespace with
+an address in 10.200.0.0/24; commands run inside through nsenter.
+
+Run `python3 tests/system/systest.py image` to build the image alone, or
+`python3 tests/system/systest.py sweep` to clean up after a killed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("TINYMQ_TEST_CACHE", "/var/cache/tinymq-test"))
+RUNS = CACHE / "runs"
+LOGS = Path(os.environ.get("TINYMQ_TEST_LOGS", REPO / ".cache" / "systest-logs"))
+MIRROR = os.environ.get("TINYMQ_TEST_MIRROR", "http://deb.debian.org/debian")
+SUITE = "bookworm"
+
+# Everything the containers need, including tinymq's dependencies, so that
+# `apt install ./tinymq.deb` works inside a container without network.
+IMAGE_PACKAGES = [
+    "systemd", "systemd-sysv", "dbus", "python3", "sqlite3", "iproute2",
+    "adduser", "python3-yaml", "python3-systemd", "python3-sdnotify",
+]
+IMAGE_RECIPE = 1  # bump when the preparation below changes
+
+SUBNET = "10.200.0"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CommandFailed(AssertionError):
+    pass
+
+
+def host(cmd, check=True, timeout=120, **kw):
+    """Run a command on the host; raise with its output if it fails."""
+    if isinstance(cmd, str):
+        cmd = ["sh", "-c", cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise CommandFailed(
+            f"host command failed ({p.returncode}): {shlex.join(cmd)}\n"
+            f"stdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def wait_for(what, predicate, timeout=30.0, interval=0.1):
+    """Poll predicate() until it returns a truthy value; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = predicate()
+        except CommandFailed as e:
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- the image
+
+def image_key():
+    h = hashlib.sha256(json.dumps([SUITE, MIRROR, IMAGE_PACKAGES, IMAGE_RECIPE]).encode())
+    return h.hexdigest()[:12]
+
+
+def image_dir():
+    return CACHE / f"rootfs-{image_key()}"
+
+
+def ensure_image(log=print):
+    """Return the cached image's root, building it first if needed (~1 min)."""
+    root = image_dir()
+    if (root / ".tinymq-image-ready").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / ".tinymq-image-ready").exists():
+            return root
+        for old in CACHE.glob("rootfs-*"):  # stale recipes and broken attempts
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = CACHE / f"building-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"building the system-test image in {root} (about a minute)")
+        t0 = time.monotonic()
+        host(["debootstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
+              SUITE, str(tmp), MIRROR], timeout=900)
+        # Every container must get its own identity and a clean journal.
+        (tmp / "etc/hostname").unlink(missing_ok=True)
+        (tmp / "etc/machine-id").write_text("")
+        dbus_id = tmp / "var/lib/dbus/machine-id"
+        dbus_id.unlink(missing_ok=True)
+        dbus_id.parent.mkdir(parents=True, exist_ok=True)
+        dbus_id.symlink_to("/etc/machine-id")
+        for d in ("var/log/journal", "var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (tmp / d).glob("*"):
+                if entry.is_file() or entry.is_symlink():
+                    entry.unlink()
+                elif entry.is_dir() and entry.name not in ("partial", "auxfiles"):
+                    shutil.rmtree(entry)
+        (tmp / ".tinymq-image-ready").write_text(f"{image_key()}\n")
+        tmp.rename(root)
+        log(f"image built in {time.monotonic() - t0:.0f}s")
+    return root
+
+
+# ----------------------------------------------------- bookkeeping and sweep
+
+def _record(kind, value):
+    """Remember a resource of this run so that a later run can clean it up
+    if this one is killed before its own cleanup."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with open(RUNS / f"{os.getpid()}.jsonl", "a") as f:
+        f.write(json.dumps({"kind": kind, "value": value}) + "\n")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def sweep():
+    """Clean up what killed runs left behind: their containers and netns."""
+    if not RUNS.exists():
+        return
+    for state in RUNS.glob("*.jsonl"):
+        if state.stem.isdigit() and _pid_alive(int(state.stem)) and int(state.stem) != os.getpid():
+            continue  # a run in progress
+        entries = [json.loads(line) for line in state.read_text().splitlines() if line.strip()]
+        for e in entries:
+            if e["kind"] == "nspawn":
+                pid, name = e["value"]
+                argv = _cmdline(pid)
+                if argv and b"systemd-nspawn" in argv[0] and f"--machine={name}".encode() in argv:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+        for e in entries:
+            if e["kind"] == "netns":
+                host(["ip", "netns", "delete", e["value"]], check=False)
+        state.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ network
+
+class Network:
+    """Network namespaces on one /24, joined pairwise by veth links."""
+
+    def __init__(self, tag, count):
+        self.tag = tag
+        self.names = [f"tmq{tag}{i}" for i in range(count)]
+        self.addrs = [f"{SUBNET}.{i + 1}" for i in range(count)]
+
+    def create(self):
+        for ns in self.names:
+            _record("netns", ns)
+            host(["ip", "netns", "add", ns])
+            host(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # A star would need a bridge; two or three hosts are enough here, so
+        # one veth link per pair with host routes.
+        for i in range(len(self.names)):
+            for j in range(i + 1, len(self.names)):
+                a, b = self.names[i], self.names[j]
+                va, vb = f"v{self.tag}{i}{j}", f"v{self.tag}{j}{i}"
+                host(["ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b])
+                for ns, dev, me, other in ((a, va, i, j), (b, vb, j, i)):
+                    host(["ip", "-n", ns, "addr", "add", f"{self.addrs[me]}/32", "dev", dev])
+                    host(["ip", "-n", ns, "link", "set", dev, "up"])
+                    host(["ip", "-n", ns, "route", "add", f"{self.addrs[other]}/32", "dev", dev])
+        return self
+
+    def destroy(self):
+        for ns in self.names:
+            host(["ip", "netns", "delete", ns], check=False)
+
+
+# --------------------------------------------------------------- containers
+
+class Container:
+    """A Debian 12 root booted with systemd in its own network namespace."""
+
+    def __init__(self, root, name, hostname, netns, address, hosts, binds=()):
+        self.root = Path(root)
+        self.name = name
+        self.hostname = hostname
+        self.netns = netns
+        self.address = address
+        self.hosts = hosts
+        self.binds = list(binds)
+        self.proc = None
+        self.leader = None
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.console_log = LOGS / f"{hostname}.console.log"
+
+    # -- life cycle
+
+    def start(self):
+        argv = ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}",
+                f"--hostname={self.hostname}", "--boot", "--volatile=overlay",
+                "--register=no", "--keep-unit", "--console=pipe",
+                f"--network-namespace-path=/run/netns/{self.netns}"]
+        argv += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
+        log = open(self.console_log, "w")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        _record("nspawn", [self.proc.pid, self.name])
+        return self
+
+    def _find_leader(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"systemd-nspawn for {self.hostname} exited {self.proc.returncode}; "
+                                 f"see {self.console_log}:\n{self.console_log.read_text()[-2000:]}")
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{kid}/comm").read_text().strip() == "systemd":
+                    return int(kid)
+        return None
+
+    def wait_booted(self, timeout=90):
+        self.leader = wait_for(f"{self.hostname}'s systemd", self._find_leader, timeout)
+        # is-system-running --wait blocks until start-up has finished.
+        def booted():
+            p = self.run("systemctl is-system-running --wait", check=False, timeout=timeout)
+            return p.stdout.strip() in ("running", "degraded") and p.stdout.strip()
+        state = wait_for(f"{self.hostname} to finish booting", booted, timeout)
+        hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + "".join(
+            f"{a} {n}\n" for n, a in self.hosts.items())
+        self.run("cat > /etc/hosts", input=hosts)
+        return state
+
+    def stop(self, timeout=15):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.leader:
+            with contextlib.suppress(Exception):
+                self.save_journal()
+            with contextlib.suppress(Exception):
+                self.run("systemctl poweroff --no-block", check=False, timeout=10)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for pid in (self.leader, self.proc.pid):
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def save_journal(self):
+        p = self.run("journalctl --no-pager -o short-precise", check=False, timeout=30)
+        (LOGS / f"{self.hostname}.journal.log").write_text(p.stdout + p.stderr)
+
+    # -- commands inside
+
+    def run(self, cmd, check=True, timeout=60, user=None, input=None):
+        """Run a shell command inside the container (as root, or as user)."""
+        if user:
+            cmd = f"runuser -u {user} -- sh -c {shlex.quote(cmd)}"
+        argv = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}",
+                "LANG=C.UTF-8", "HOME=/root", "sh", "-c", cmd]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise CommandFailed(f"[{self.hostname}] command failed ({p.returncode}): {cmd}\n"
+                                f"stdout: {p.stdout}\nstderr: {p.stderr}")
+        return p
+
+    def out(self, cmd, **kw):
+        return self.run(cmd, **kw).stdout.strip()
+
+    def popen(self, cmd, user=None):
+        if user:
+            cmd = f"runuser -u {user} -- sh -c {shlex.quote(cmd)}"
+        argv = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}",
+                "LANG=C.UTF-8", "HOME=/root", "sh", "-c", cmd]
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    # -- systemd and tinymq helpers
+
+    def show(self, prop, unit="tinymq"):
+        return self.out(f"systemctl show -P {prop} {unit}")
+
+    def sql(self, statement, db="/var/lib/tinymq/tinymq.db", user=None, check=True):
+        """Run SQL with the plain sqlite3 CLI (waiting up to 10 s for a lock)."""
+        return self.run(f"sqlite3 -cmd '.timeout 10000' {db}", input=statement + "\n",
+                        user=user, check=check).stdout.strip()
+
+    def install(self, deb, extra=""):
+        return self.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {extra} {deb} </dev/null",
+                        timeout=300)
+
+
+def boot_all(containers, timeout=90):
+    for c in containers:
+        c.start()
+    for c in containers:
+        c.wait_booted(timeout)
+    return containers
+
+
+def stop_all(containers):
+    for c in containers:
+        with contextlib.suppress(Exception):
+            c.stop()
+
+
+# ------------------------------------------------------------- the packages
+
+def deb_version(tree=REPO):
+    first = (Path(tree) / "debian/changelog").read_text().splitlines()[0]
+    return re.match(r"\S+ \(([^)]+)\)", first).group(1)
+
+
+def build_newer_deb(dest_dir, suffix="+systest1"):
+    """Build the current tree again with a higher Debian version (the upgrade
+    path): a temporary copy gets a new changelog entry and `make deb`."""
+    version = deb_version() + suffix
+    work = Path(tempfile.mkdtemp(prefix="tinymq-newer-"))
+    try:
+        src = work / "src"
+        files = host(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+                      "--exclude-standard"]).stdout.split("\0")
+        for rel in filter(None, files):
+            s = REPO / rel
+            if s.is_file():
+                d = src / rel
+                d.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(s, d)
+        cl = src / "debian/changelog"
+        date = host(["date", "-R"]).stdout.strip()
+        cl.write_text(f"tinymq ({version}) unstable; urgency=medium\n\n"
+                      f"  * System-test build of a newer version.\n\n"
+                      f" -- tinymq developers <tinymq-devel@example.org>  {date}\n\n" + cl.read_text())
+        host(["make", "-C", str(src), "deb"], timeout=600)
+        out = Path(dest_dir) / f"tinymq_{version}_all.deb"
+        shutil.copy2(src / "tinymq.deb", out)
+        return out, version
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["image"]:
+        print(ensure_image())
+    elif sys.argv[1:] == ["sweep"]:
+        sweep()
+    else:
+        sys.exit(f"usage: {sys.argv[0]} image|sweep")
+
+
+# ------------------------------------------------------ messages in the queue
+
+DB = "/var/lib/tinymq/tinymq.db"
+
+
+def readme_insert(c, host, data, user=None, port=9000, token="token"):
+    """Enqueue exactly as the README says: a plain sqlite3 INSERT, no options."""
+    stmt = f"INSERT into mqout (host,port,token,data) VALUES ('{host}','{port}','{token}','{data}');"
+    return c.run(f"echo {shlex.quote(stmt)} | sqlite3 {DB}", user=user)
+
+
+def count(c, table, where="1", user=None):
+    return int(c.sql(f"SELECT count(*) FROM {table} WHERE {where};", user=user))
+
+
+def paced_insert(c, host, prefix, n, delay=0.005):
+    """Start enqueueing n messages prefix-0000.. one commit each, a few ms
+    apart, from one sqlite3 process; returns the Popen."""
+    loop = (f"i=0; while [ $i -lt {n} ]; do "
+            f"printf \"INSERT INTO mqout (host,port,token,data) VALUES ('{host}',9000,'t','{prefix}-%04d');\\n\" $i; "
+            f"i=$((i+1)); sleep {delay}; done")
+    return c.popen(f"({loop}) | sqlite3 -cmd '.timeout 10000' {DB}")
+
+
+def assert_exactly_once(receiver, sender, prefix, n, timeout=120):
+    """Wait until the sender's queue for prefix is empty and the receiver has n
+    rows; then every message must be there exactly once, in order."""
+    like = f"data LIKE '{prefix}-%'"
+    wait_for(f"{n} messages {prefix}-* in {receiver.hostname}'s mqin and none left in "
+             f"{sender.hostname}'s mqout",
+             lambda: count(sender, "mqout", like) == 0 and count(receiver, "mqin", like) >= n,
+             timeout, interval=0.5)
+    rows = receiver.sql(f"SELECT data FROM mqin WHERE {like} ORDER BY x;").split("\n")
+    expected = [f"{prefix}-{i:04d}" for i in range(n)]
+    missing = sorted(set(expected) - set(rows))
+    duplicated = sorted({r for r in rows if rows.count(r) > 1})
+    assert not missing and not duplicated and len(rows) == n, (
+        f"{len(rows)} rows for {n} messages; missing {missing[:10]}, duplicated {duplicated[:10]}")
+    assert rows == expected, "messages arrived out of order"
