@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import sys
 import threading
 import time
 
@@ -27,6 +28,7 @@ STATUS_INTERVAL = 5.0
 STOP_DEADLINE = 1.5  # seconds for the workers to finish (the promise is 2 s)
 HEARTBEAT_LIMIT = 10.0  # a worker silent this long is stuck: stop feeding the watchdog
 HELLO_WITHIN_DAYS = 30
+SWITCH_INTERVAL = 0.0005
 
 
 class Daemon:
@@ -36,6 +38,9 @@ class Daemon:
         self.notifier = sdnotify.SystemdNotifier()
 
     def run(self):
+        # The writer thread gives up the GIL inside SQLite for every row; with the default
+        # 5 ms switch interval a busy scheduler thread makes it wait that long each time.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         logsetup.setup(self.cfg.log_level)
         try:
             node = store.initialize(self.cfg.database)

@@ -90,7 +90,7 @@ class Partial:
 
 class InboundStream:
     __slots__ = ("sender", "stream", "committed", "submitted", "partial", "ready",
-                 "received", "addr", "shost", "sport", "buffered")
+                 "rows", "received", "addr", "shost", "sport", "buffered")
 
     def __init__(self, sender, stream, committed):
         self.sender = sender
@@ -99,6 +99,7 @@ class InboundStream:
         self.submitted = committed
         self.partial = {}  # seq -> Partial
         self.ready = {}  # seq -> Message, complete but waiting for an earlier one
+        self.rows = []  # next in order, for the writer at the end of this burst
         self.received = RangeSet()
         self.addr = None
         self.shost = None
@@ -153,7 +154,7 @@ class Inbound:
                     ok = False
             if keep:
                 st.received.add(dgram.pn)
-            self._submit_ready(st)
+            self._take_ready(st)
             self.dirty.add(st)
         return ok
 
@@ -175,6 +176,8 @@ class Inbound:
         seq = frame.seq
         if seq < st.submitted or seq in st.ready:
             return True  # a duplicate: the acknowledgement will repeat what we have
+        if frame.nfrags == 1:  # the common case: a whole message in one frame
+            return self._complete(st, seq, frame.chunk, 0)
         part = st.partial.get(seq)
         if part is None:
             if self.buffered > BUFFER_LIMIT and seq != st.submitted:
@@ -193,26 +196,38 @@ class Inbound:
         if part.missing:
             return True
         del st.partial[seq]
+        return self._complete(st, seq, b"".join(part.chunks), part.size)
+
+    def _complete(self, st, seq, blob, buffered):
+        """A whole message arrived; keep it until all earlier ones are in."""
         try:
-            message = protocol.decode_message(b"".join(part.chunks))
+            message = protocol.decode_message(blob)
         except protocol.BadDatagram:
-            self._unbuffer(st, part.size)
+            self._unbuffer(st, buffered)
             log.warning("malformed message %d from node %x dropped", seq, st.sender)
             return False
-        self._unbuffer(st, part.size - len(message.data))
+        size = len(message.data)
+        st.buffered += size - buffered
+        self.buffered += size - buffered
         st.ready[seq] = message
         return True
 
-    def _submit_ready(self, st):
-        rows = []
+    def _take_ready(self, st):
+        """Move the messages that are next in order to the rows for the writer."""
+        rows = st.rows
         while st.submitted in st.ready:
             message = st.ready.pop(st.submitted)
             self._unbuffer(st, len(message.data))
             rows.append((st.shost, st.sport, message.token, message.kind, message.data,
                          f"{st.sender:016x}", st.submitted, message.sent))
             st.submitted += 1
+
+    def _submit(self, st):
+        """One writer operation per stream and burst of datagrams."""
+        rows = st.rows
         if not rows:
             return
+        st.rows = []
         upto = st.submitted
         rx = (st.sender, st.stream, upto, st.shost, st.sport)
 
@@ -230,9 +245,11 @@ class Inbound:
         self.received_messages += len(rows)
         self.writer.submit(write, done)
 
-    def flush_acks(self):
+    def flush(self):
+        """End of a burst: hand the rows to the writer, acknowledge what arrived."""
         with self.lock:
             for st in self.dirty:
+                self._submit(st)
                 self._send_ack(st)
             self.dirty.clear()
 

@@ -53,6 +53,8 @@ class OutStream:
         self.allocated = next_seq  # seqs below are handed out (maybe not yet committed)
         self.load_from = None  # next seq to read from mqout; None: find the lowest
         self.committed = 0  # the peer's committed point
+        self.deleting = False  # a DELETE of committed rows is queued in the writer
+        self.deleted_upto = 0
         self.messages = collections.OrderedDict()  # seq -> OutMessage, ascending
         self.unsent = collections.deque()  # messages with fragments never sent
         self.retx = collections.deque()  # (message, fragment) to send again
@@ -182,12 +184,17 @@ class OutStream:
         sent = self.sent
         latest = None
         for lo, hi in ack.ranges:
-            if hi - lo < len(sent):
-                pns = [pn for pn in range(lo, hi + 1) if pn in sent]
-            else:
-                pns = [pn for pn in sent if lo <= pn <= hi]
-            for pn in pns:
-                when, frames = sent.pop(pn)
+            if not sent:
+                break
+            # Ranges repeat what was acknowledged before: start at the oldest packet
+            # still outstanding, so the work is proportional to what is new.
+            lo = max(lo, next(iter(sent)))
+            hi = min(hi, self.next_pn - 1)
+            for pn in range(lo, hi + 1):
+                record = sent.pop(pn, None)
+                if record is None:
+                    continue
+                when, frames = record
                 newly += 1
                 for message, frag in frames:
                     if not message.acked[frag]:

@@ -51,7 +51,7 @@ class Receiver(Worker):
                     log.debug("receive error: %s", e)
                     continue
                 self.handle(datagram, addr)
-            self.inbound.flush_acks()
+            self.inbound.flush()
 
     def handle(self, datagram, addr):
         self.datagrams += 1

@@ -23,7 +23,7 @@ from tinymqd.worker import Worker
 
 log = logging.getLogger("tinymqd.scheduler")
 
-POLL_INTERVAL = 0.004  # how often to look for new rows where inotify is unavailable
+POLL_INTERVAL = 0.001  # how often to look for new rows right after a wake-up (or without inotify)
 IDLE_WAKE = 1.0  # look anyway this often (a safety net under inotify)
 # A writer's WAL write wakes us before its commit is visible (the WAL index is updated
 # after the write and fsync), so after a wake-up keep looking for a short while.
@@ -35,6 +35,7 @@ RESOLVE_RETRY = (1.0, 60.0)  # first and longest wait before resolving a name ag
 RERESOLVE_INTERVAL = 60.0
 LOAD_BYTES = 8 * 1024 * 1024
 LOAD_ROWS = 1000
+MAX_LOADED = 32768  # messages of one destination held in memory
 ERROR_ROWS = 5000  # rows per stream marked at once with a destination's last_error
 MAX_ASSIGNING = 4  # assignment batches waiting in the writer before we stop scanning
 
@@ -302,7 +303,7 @@ class Scheduler(Worker):
 
     @staticmethod
     def _load_room(st):
-        return max(64, 2 * int(st.cwnd)) - len(st.messages)
+        return min(MAX_LOADED, max(64, 16 * int(st.cwnd))) - len(st.messages)
 
     def _may_load(self, st):
         return (st.load_from is not None and st.load_from < st.assigned
@@ -387,12 +388,29 @@ class Scheduler(Worker):
             st.unreachable = False
             log.info("destination %s is back", st.name, extra={"PEER": st.name})
             self._show_error(st, None)
-        committed = st.on_ack(ack, now, self.cfg.retry_max)
-        if committed is not None:
-            stream_id = st.id
-            self.writer.submit(lambda c: c.execute(DELETE_COMMITTED, (stream_id, committed)))
+        if st.on_ack(ack, now, self.cfg.retry_max) is not None:
+            self._delete_committed(st)
         self._queue_timer(st)
         self.dirty.add(st)
+
+    def _delete_committed(self, st):
+        """Delete what the peer committed: one pending DELETE per destination at a time,
+        covering all that was acknowledged by the time the writer runs it."""
+        if st.deleting:
+            return
+        st.deleting = True
+
+        def write(conn):
+            st.deleted_upto = st.committed
+            conn.execute(DELETE_COMMITTED, (st.id, st.deleted_upto))
+
+        self.writer.submit(write, lambda: self.inbox.put(("deleted", st.id)))
+
+    def _on_deleted(self, stream_id):
+        st = self.streams[stream_id]
+        st.deleting = False
+        if st.committed > st.deleted_upto:
+            self._delete_committed(st)
 
     def _on_hello(self, hello, addr):
         now = time.monotonic()
