@@ -61,9 +61,9 @@ class Daemon:
         self.sock = sock
         boot = secrets.randbits(32)
         writer = Writer(cfg.database, self.stopping)
-        scheduler = Scheduler(self.stopping, cfg, node, sock, writer)
-        inbound = Inbound(node, cfg.port, writer, self._send, _known_senders(cfg.database))
-        inbound.boot = boot
+        scheduler = Scheduler(self.stopping, cfg, node, sock, writer, boot)
+        inbound = Inbound(node, cfg.port, writer, self._send, _known_senders(cfg.database),
+                          boot)
         receiver = Receiver(self.stopping, sock, node, inbound, scheduler.inbox)
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (

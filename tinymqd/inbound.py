@@ -90,7 +90,7 @@ class Partial:
 
 class InboundStream:
     __slots__ = ("sender", "stream", "committed", "submitted", "partial", "ready",
-                 "rows", "received", "addr", "shost", "sport", "buffered")
+                 "rows", "received", "peer_boot", "addr", "shost", "sport", "buffered")
 
     def __init__(self, sender, stream, committed):
         self.sender = sender
@@ -101,6 +101,7 @@ class InboundStream:
         self.ready = {}  # seq -> Message, complete but waiting for an earlier one
         self.rows = []  # next in order, for the writer at the end of this burst
         self.received = RangeSet()
+        self.peer_boot = None
         self.addr = None
         self.shost = None
         self.sport = None
@@ -116,12 +117,12 @@ def display_host(addr):
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, node, port, writer, send, known):
+    def __init__(self, node, port, writer, send, known, boot):
         self.node = node
         self.port = port
         self.writer = writer
         self.send = send  # send(datagram, addr)
-        self.boot = 0
+        self.boot = boot
         self.lock = threading.Lock()
         self.streams = {}
         self.known = known  # (sender, stream) -> committed, from tinymq_rx
@@ -140,6 +141,10 @@ class Inbound:
             if st is None:
                 st = InboundStream(header.src, dgram.stream, self.known.pop(key, 0))
                 self.streams[key] = st
+            if dgram.boot != st.peer_boot:
+                # The sender restarted: its packet numbers start afresh.
+                st.peer_boot = dgram.boot
+                st.received = RangeSet()
             st.addr = addr
             st.shost = display_host(addr)
             st.sport = header.port

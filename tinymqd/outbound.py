@@ -114,7 +114,7 @@ class OutStream:
             if message is not None:
                 self._drop(message)
 
-    def build_packet(self, max_datagram, port, node):
+    def build_packet(self, max_datagram, port, node, boot):
         """The next DATA datagram to send, or None. Records it as outstanding."""
         frames = []
         room = max_datagram - protocol.DATA_OVERHEAD
@@ -141,7 +141,7 @@ class OutStream:
         pn = self.next_pn
         self.next_pn += 1
         datagram = protocol.encode_data(
-            port, node, self.peer_node, self.id, pn, self.base,
+            port, node, self.peer_node, self.id, boot, pn, self.base,
             [(m.seq, f, m.nfrags, c) for m, f, c in frames])
         return pn, datagram, [(m, f) for m, f, _ in frames]
 

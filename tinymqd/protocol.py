@@ -21,7 +21,7 @@ FLAG_SEALED = 0x01
 
 HEADER = struct.Struct("!3sBBBHqq")  # magic, version, type, flags, listen port, src, dst
 CRC = struct.Struct("!I")
-DATA_HEAD = struct.Struct("!IQQ")  # stream, packet number, base
+DATA_HEAD = struct.Struct("!IIQQ")  # stream, sender boot id, packet number, base
 FRAME = struct.Struct("!QIIH")  # seq, fragment index, fragment count, chunk length
 ACK_HEAD = struct.Struct("!IQIH")  # stream, committed, receiver boot id, range count
 RANGE = struct.Struct("!QQ")  # lowest, highest packet number received (inclusive)
@@ -38,7 +38,7 @@ KINDS = {"null": KIND_NULL, "integer": KIND_INTEGER, "real": KIND_REAL,
          "text": KIND_TEXT, "blob": KIND_BLOB}
 
 Header = collections.namedtuple("Header", "type flags port src dst")
-Data = collections.namedtuple("Data", "header stream pn base frames")
+Data = collections.namedtuple("Data", "header stream boot pn base frames")
 Frame = collections.namedtuple("Frame", "seq frag nfrags chunk")
 Ack = collections.namedtuple("Ack", "header stream committed boot ranges")
 Hello = collections.namedtuple("Hello", "header boot")
@@ -54,9 +54,9 @@ def _seal(header, body_parts):
     return raw + CRC.pack(zlib.crc32(raw))
 
 
-def encode_data(port, src, dst, stream, pn, base, frames):
+def encode_data(port, src, dst, stream, boot, pn, base, frames):
     """frames: iterable of (seq, frag, nfrags, chunk bytes)."""
-    parts = [DATA_HEAD.pack(stream, pn, base)]
+    parts = [DATA_HEAD.pack(stream, boot, pn, base)]
     for seq, frag, nfrags, chunk in frames:
         parts.append(FRAME.pack(seq, frag, nfrags, len(chunk)))
         parts.append(chunk)
@@ -106,7 +106,7 @@ def decode(datagram):
 def _decode_data(header, datagram, pos, end):
     if end - pos < DATA_HEAD.size:
         raise BadDatagram("malformed data")
-    stream, pn, base = DATA_HEAD.unpack_from(datagram, pos)
+    stream, boot, pn, base = DATA_HEAD.unpack_from(datagram, pos)
     pos += DATA_HEAD.size
     frames = []
     while pos < end:
@@ -120,7 +120,7 @@ def _decode_data(header, datagram, pos, end):
         pos += length
     if not frames:
         raise BadDatagram("empty data")
-    return Data(header, stream, pn, base, frames)
+    return Data(header, stream, boot, pn, base, frames)
 
 
 def _decode_ack(header, datagram, pos, end):

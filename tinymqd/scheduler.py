@@ -69,7 +69,7 @@ KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
 class Scheduler(Worker):
     name = "scheduler"
 
-    def __init__(self, stopping, cfg, node, sock, writer):
+    def __init__(self, stopping, cfg, node, sock, writer, boot):
         super().__init__(stopping)
         self.cfg = cfg
         self.node = node
@@ -77,6 +77,7 @@ class Scheduler(Worker):
         self.family = sock.family
         self.writer = writer
         self.inbox = Inbox()
+        self.boot = boot  # this run's identity: packet numbers start afresh with it
         self.chunk = protocol.chunk_size(cfg.max_datagram)
         self.streams = {}  # id -> OutStream
         self.by_dest = {}  # (host, port) -> OutStream
@@ -345,7 +346,7 @@ class Scheduler(Worker):
         sendto = self.sock.sendto
         port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
         while len(st.sent) < st.cwnd and st.has_work():
-            packet = st.build_packet(limit, port, node)
+            packet = st.build_packet(limit, port, node, self.boot)
             if packet is None:
                 break
             pn, datagram, frames = packet

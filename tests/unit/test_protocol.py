@@ -12,14 +12,14 @@ NODE_A, NODE_B = 0x1111, 0x2222
 
 
 def data_datagram(frames=((5, 0, 1, b"hello"),), base=5):
-    return protocol.encode_data(9000, NODE_A, NODE_B, 7, 42, base, frames)
+    return protocol.encode_data(9000, NODE_A, NODE_B, 7, 99, 42, base, frames)
 
 
 def test_data_round_trip():
     frames = [(5, 0, 1, b"a:b\nc"), (6, 2, 3, bytes(range(256)))]
     got = protocol.decode(data_datagram(frames, base=4))
     assert got.header == protocol.Header(protocol.DATA, 0, 9000, NODE_A, NODE_B)
-    assert (got.stream, got.pn, got.base) == (7, 42, 4)
+    assert (got.stream, got.boot, got.pn, got.base) == (7, 99, 42, 4)
     assert [tuple(f) for f in got.frames] == frames
 
 
