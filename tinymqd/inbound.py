@@ -62,7 +62,7 @@ class RangeSet:
         else:
             ranges.append((pn, pn))
         self._merge()
-        del ranges[KEEP_RANGES:]
+        del self.ranges[KEEP_RANGES:]
 
     def _merge(self):
         merged = []

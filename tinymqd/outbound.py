@@ -99,6 +99,10 @@ class OutStream:
     def has_work(self):
         return bool(self.retx or self.unsent)
 
+    def can_send(self):
+        """Something waits to be sent and the window has room for a packet."""
+        return len(self.sent) < self.cwnd and bool(self.retx or self.unsent)
+
     def add(self, message):
         self.messages[message.seq] = message
         self.unsent.append(message)

@@ -345,7 +345,7 @@ class Scheduler(Worker):
     def _send(self, st, now):
         sendto = self.sock.sendto
         port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
-        while len(st.sent) < st.cwnd and st.has_work():
+        while st.can_send():
             packet = st.build_packet(limit, port, node, self.boot)
             if packet is None:
                 break
