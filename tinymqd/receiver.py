@@ -66,9 +66,6 @@ class Receiver(Worker):
             self.dropped.count("decoder failure", _where(addr))
             return
         header = message.header
-        if header.src == self.node:
-            self.dropped.count("from ourselves", _where(addr))
-            return
         kind = header.type
         if kind == protocol.DATA:
             if not self.inbound.on_data(message, addr):

@@ -1,6 +1,7 @@
 """Fixtures for the system tests: the package installed in Debian 12 containers
 booted with systemd. Run with `make test-system` (root; builds ./tinymq.deb
-first). Plain `pytest` and `make test` skip these tests."""
+first) or `/usr/bin/python3 -m pytest tests/system` after `make deb`; a plain
+`pytest` over all of tests/ and `make test` skip them."""
 
 import contextlib
 import os
@@ -20,13 +21,24 @@ ENABLED = os.environ.get("TINYMQ_SYSTEM_TESTS") == "1"
 LIVE = []  # booted containers, for failure reports
 
 
+def _asked_for(config):
+    """True when the command line names tests/system (or a test in it), or
+    selects -m system; a plain `pytest` over all of tests/ skips them."""
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path == HERE or HERE in path.parents:
+            return True
+    return "system" in (config.getoption("markexpr") or "")
+
+
 def pytest_collection_modifyitems(config, items):
+    enabled = ENABLED or _asked_for(config)
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.system)
             item.add_marker(pytest.mark.timeout(600), append=False)
-            if not ENABLED:
-                item.add_marker(pytest.mark.skip(reason="system test: run with `make test-system`"))
+            if not enabled:
+                item.add_marker(pytest.mark.skip(reason="system test: run `make test-system`"))
             elif os.geteuid() != 0:
                 item.add_marker(pytest.mark.skip(reason="system tests need root"))
 
