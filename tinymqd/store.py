@@ -82,7 +82,8 @@ def connect(path, *, readonly=False):
         conn.text_factory = bytes  # deliver TEXT byte for byte, whatever its encoding
         conn.execute("PRAGMA query_only=1")
     else:
-        conn.execute("PRAGMA synchronous=FULL")
+        # The writer syncs the WAL itself after COMMIT, outside the lock (see writer.py).
+        conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
