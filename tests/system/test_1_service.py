@@ -70,6 +70,12 @@ def test_journal_has_the_startup_line(pair):
                  "| grep -c CODE_FILE= || true") != "0"
 
 
+def test_unit_file_verifies_cleanly(pair):
+    # (--man=no: the minimal image has no man-db to look the Documentation= pages up)
+    p = pair.a.run("systemd-analyze verify --man=no tinymq.service", check=False)
+    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+
+
 def test_security_exposure_is_at_most_2(pair):
     out = pair.a.out("systemd-analyze security tinymq.service --no-pager")
     m = re.search(r"Overall exposure level for tinymq\.service: (\d+\.\d+)", out)
