@@ -57,7 +57,8 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def image():
     S.sweep()
-    return S.ensure_image()
+    yield S.ensure_image()
+    S.forget_run()  # everything this run made is gone by now
 
 
 @pytest.fixture(scope="session")

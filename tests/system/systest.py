@@ -11,8 +11,6 @@ Run `python3 tests/system/systest.py image` to build the image alone, or
 `python3 tests/system/systest.py sweep` to clean up after a killed run.
 """
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import hashlib
@@ -153,6 +151,10 @@ def _cmdline(pid):
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return []
+
+
+def forget_run():
+    (RUNS / f"{os.getpid()}.jsonl").unlink(missing_ok=True)
 
 
 def sweep():
