@@ -1,0 +1,75 @@
+"""Readiness and shutdown as systemd sees them: READY=1, STATUS=, STOPPING=1, signals."""
+
+import signal
+import time
+
+import pytest
+
+from tests.support import db as dbmod
+from tests.support.wait import wait_until
+
+
+def test_ready_then_status(start_daemon):
+    a = start_daemon("a")
+    # READY=1 only once the socket is bound and the database is ready
+    assert {"mqout", "mqin"} <= dbmod.tables(a.db)
+    got = a.notify.wait_for("STATUS", since=a.notify_mark, timeout=10)
+    assert got is not None, "no STATUS= within 10 s of start"
+    assert got[1]["STATUS"].strip(), "empty STATUS="
+    a.stop()
+
+
+def test_status_is_sent_periodically(start_daemon):
+    a = start_daemon("a")
+    first = a.notify.wait_for("STATUS", since=a.notify_mark, timeout=10)
+    assert first is not None, "no STATUS="
+    n = len(a.notify.values("STATUS", since=a.notify_mark))
+    wait_until(lambda: len(a.notify.values("STATUS", since=a.notify_mark)) > n, 12,
+               "a second STATUS= line (periodic)")
+    a.stop()
+
+
+def test_sigterm_sends_stopping_and_exits_0_within_2s(start_daemon):
+    a = start_daemon("a")
+    mark = a.notify.mark()
+    rc, took = a.stop(signal.SIGTERM)
+    assert rc == 0 and took < 2
+    assert a.notify.find("STOPPING", "1", since=mark) is not None, "no STOPPING=1"
+
+
+def test_sigint_exits_0_within_2s(start_daemon):
+    a = start_daemon("a")
+    rc, took = a.stop(signal.SIGINT)
+    assert rc == 0 and took < 2
+
+
+def test_logs_go_to_stderr_outside_systemd(start_daemon):
+    a = start_daemon("a")
+    assert a.stderr_text().strip(), "nothing logged on stderr at log_level info"
+    a.stop()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_under_load_exits_0_within_2s_and_loses_nothing(pair):
+    a, b = pair
+    first, last = dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "load", 5000)
+    dbmod.enqueue_series(b.db, "127.0.0.1", a.port, "back", 5000)
+    wait_until(lambda: b.count("mqin") >= 200 or b.count("mqin") == 5000, 30, "transfer started")
+    a.stop()  # asserts exit 0 within 2 s
+    b.stop()
+    a.start()
+    b.start()
+    wait_until(lambda: a.count("mqout") == 0 and b.count("mqout") == 0, 60, "all delivered",
+               describe=lambda: dbmod.describe_queues(a.db, b.db))
+    assert dbmod.series_numbers(b.db, "load") == list(range(1, 5001))
+    assert dbmod.series_numbers(a.db, "back") == list(range(1, 5001))
+    a.stop()
+    b.stop()
+
+
+def test_restart_is_quick_and_ready_again(start_daemon):
+    a = start_daemon("a")
+    t0 = time.monotonic()
+    a.restart()
+    assert a.ready_at - t0 < 10
+    a.stop()

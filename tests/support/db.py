@@ -1,0 +1,193 @@
+"""The application side of tinymq: the real `sqlite3` CLI to enqueue, read-only SQLite to look."""
+
+import os
+import sqlite3
+import subprocess
+import tempfile
+
+SQLITE3 = os.environ.get("TINYMQ_TEST_SQLITE3", "/usr/bin/sqlite3")
+LARGE = 1 << 20  # data above this goes through a file and readfile()
+
+
+def sql_literal(value):
+    """An SQL literal for value: NULL, integer, real, 'text' (quotes doubled) or X'blob'."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "X'" + bytes(value).hex().upper() + "'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+def text_expr(value):
+    """An SQL expression for a TEXT value that survives any shell or line mangling:
+    CAST(X'<utf-8 hex>' AS TEXT). typeof() of the result is 'text'."""
+    if value is None:
+        return "NULL"
+    return "CAST(" + sql_literal(value.encode("utf-8")) + " AS TEXT)"
+
+
+def sqlite_cli(db, sql, timeout_ms=5000, check=True, timeout=120):
+    """Run SQL with the real sqlite3 CLI (SQL on stdin); return stdout.
+
+    timeout_ms is the CLI's busy timeout (.timeout); None runs the CLI exactly as a
+    user would, without one.
+    """
+    args = [SQLITE3]
+    if timeout_ms is not None:
+        args += ["-cmd", f".timeout {int(timeout_ms)}"]
+    args.append(str(db))
+    proc = subprocess.run(args, input=sql.encode("utf-8"), capture_output=True, timeout=timeout)
+    if check and (proc.returncode != 0 or proc.stderr.strip()):
+        raise AssertionError(
+            f"sqlite3 {db} failed (rc={proc.returncode}): {proc.stderr.decode(errors='replace').strip()}\n"
+            f"SQL: {sql[:300]!r}")
+    return proc.stdout.decode("utf-8", errors="replace")
+
+
+def _data_expr(data, tmpdir):
+    """SQL for data. Large values are written to a file and read with readfile()."""
+    if data is None:
+        return "NULL", None
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) <= LARGE:
+        return (text_expr(data) if isinstance(data, str) else sql_literal(raw)), None
+    fd, path = tempfile.mkstemp(prefix="tmq-data-", dir=tmpdir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    expr = f"readfile({sql_literal(path)})"
+    if isinstance(data, str):
+        expr = f"CAST({expr} AS TEXT)"
+    return expr, path
+
+
+def enqueue(db, host, port, token, data, literal=False, timeout_ms=5000):
+    """INSERT one row into mqout with the sqlite3 CLI; return its x.
+
+    Text goes in as CAST(X'..' AS TEXT) unless literal=True ('...' with quotes doubled,
+    as a user would write it). port is passed as given: a str becomes a quoted literal
+    ('9000', like the seed README), an int a number.
+    """
+    if literal and isinstance(data, str):
+        data_sql, path = sql_literal(data), None
+    else:
+        data_sql, path = _data_expr(data, None)
+    token_sql = sql_literal(token) if (literal or token is None) else text_expr(token)
+    sql = (f"INSERT INTO mqout (host,port,token,data) VALUES "
+           f"({sql_literal(host)},{sql_literal(port)},{token_sql},{data_sql});\n"
+           f"SELECT last_insert_rowid();\n")
+    try:
+        out = sqlite_cli(db, sql, timeout_ms=timeout_ms)
+    finally:
+        if path:
+            os.unlink(path)
+    return int(out.strip().splitlines()[-1])
+
+
+def enqueue_many(db, rows, timeout_ms=5000):
+    """INSERT many (host, port, token, data) rows in one transaction, one CLI call.
+    Returns the list of their x, in order."""
+    parts = ["BEGIN IMMEDIATE;", "CREATE TEMP TABLE _new(x INTEGER);"]
+    paths = []
+    for host, port, token, data in rows:
+        data_sql, path = _data_expr(data, None)
+        if path:
+            paths.append(path)
+        parts.append(f"INSERT INTO mqout (host,port,token,data) VALUES ({sql_literal(host)},"
+                     f"{sql_literal(port)},{text_expr(token) if token is not None else 'NULL'},"
+                     f"{data_sql});")
+        parts.append("INSERT INTO temp._new VALUES (last_insert_rowid());")
+    parts.append("COMMIT;")
+    parts.append("SELECT x FROM temp._new ORDER BY rowid;")
+    try:
+        out = sqlite_cli(db, "\n".join(parts) + "\n", timeout_ms=timeout_ms)
+    finally:
+        for path in paths:
+            os.unlink(path)
+    return [int(line) for line in out.split()]
+
+
+def enqueue_series(db, host, port, tag, count, start=1, pad=0, timeout_ms=10000):
+    """INSERT `count` rows with token=tag and data '<tag>-<i:06d>' (plus `pad` dots),
+    i = start .. start+count-1, in that order of x, with one recursive-CTE statement.
+    Returns (first x, last x)."""
+    end = start + count - 1
+    padding = f" || substr(replace(hex(zeroblob({pad})), '00', '..'), 1, {pad})" if pad else ""
+    sql = (f"WITH RECURSIVE c(i) AS (SELECT {start} UNION ALL SELECT i+1 FROM c WHERE i<{end}) "
+           f"INSERT INTO mqout (host,port,token,data) "
+           f"SELECT {sql_literal(host)}, {sql_literal(port)}, {sql_literal(tag)}, "
+           f"printf('%s-%06d', {sql_literal(tag)}, i){padding} FROM c ORDER BY i;\n"
+           f"SELECT last_insert_rowid();\n")
+    last = int(sqlite_cli(db, sql, timeout_ms=timeout_ms).strip().splitlines()[-1])
+    return last - count + 1, last
+
+
+def connect_ro(db):
+    """A read-only connection (closed by the caller). Never holds a transaction open."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    return con
+
+
+def query(db, sql, params=()):
+    """Rows of a read-only query; [] when the database or table does not exist yet."""
+    if not os.path.exists(db):
+        return []
+    con = connect_ro(db)
+    try:
+        return con.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        con.close()
+
+
+def scalar(db, sql, params=()):
+    rows = query(db, sql, params)
+    return rows[0][0] if rows else None
+
+
+def count(db, table, where="1", params=()):
+    return scalar(db, f"SELECT count(*) FROM {table} WHERE {where}", params) or 0
+
+
+def tables(db):
+    return {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def columns(db, table):
+    return [r[1] for r in query(db, f"PRAGMA table_info({table})")]
+
+
+def series_numbers(db, tag, table="mqin"):
+    """The numbers i of rows '<tag>-<i>' in table, in order of x."""
+    rows = query(db, f"SELECT data FROM {table} WHERE token=? ORDER BY x", (tag,))
+    out = []
+    prefix = tag + "-"
+    for (data,) in rows:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        assert isinstance(data, str) and data.startswith(prefix), f"unexpected row data {data[:80]!r}"
+        out.append(int(data[len(prefix):len(prefix) + 6]))
+    return out
+
+
+def describe_queues(*dbs):
+    """'a.db: mqout=.. mqin=..' for wait_until(describe=...)."""
+    parts = []
+    for db in dbs:
+        try:
+            parts.append(f"{os.path.basename(os.path.dirname(str(db)))}: mqout={count(db, 'mqout')} "
+                         f"mqin={count(db, 'mqin')} errors="
+                         f"{count(db, 'mqout', 'last_error IS NOT NULL')}")
+        except Exception as exc:
+            parts.append(f"{db}: {exc!r}")
+    return "; ".join(parts)
