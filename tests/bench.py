@@ -6,8 +6,10 @@ except that every message must arrive exactly once.
 """
 
 import argparse
+import concurrent.futures
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +89,31 @@ def latency(a, b, samples, gap):
     return statistics.median(times), times[int(0.99 * (len(times) - 1))]
 
 
+def cli_inserts_under_load(a, b, n_flow, n_cli, workers=1):
+    """n_cli plain `sqlite3 DB "INSERT ..."` (no busy timeout, as users type it) into the
+    receiver's database while n_flow messages flow into it; returns failures."""
+    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
+    out.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+        "INSERT INTO mqout (host, port, token, data) "
+        "SELECT '127.0.0.1', ?, 'load', printf('%0100d', i) FROM c", (n_flow, b.port))
+    out.close()
+
+    def insert(i):
+        sql = (f"INSERT into mqout (host,port,token,data) VALUES "
+               f"('127.0.0.1','{a.port}','cli','enqueued under load {i}');")
+        proc = subprocess.run(["sqlite3", str(b.db), sql], capture_output=True, text=True)
+        return proc.returncode != 0 or "locked" in proc.stderr
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        failures = sum(pool.map(insert, range(n_cli)))
+    inn = sqlite3.connect(a.db, timeout=10)
+    wait_for(lambda: inn.execute("SELECT count(*) FROM mqin WHERE token = 'cli'")
+             .fetchone()[0] == n_cli - failures, 120, "CLI-enqueued messages")
+    inn.close()
+    return failures
+
+
 def idle_cpu(daemon, seconds):
     before = cpu_seconds(daemon.pid)
     time.sleep(seconds)
@@ -99,6 +126,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--cli-inserts", type=int, default=2000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tinymq-bench-") as tmp:
         a, b = Daemon(tmp, "a"), Daemon(tmp, "b")
@@ -111,6 +139,10 @@ def main(argv=None):
             p50, p99 = latency(a, b, args.latency_samples, 0.01)
             print(f"latency INSERT -> peer's mqin: p50 {p50 * 1000:.2f} ms, "
                   f"p99 {p99 * 1000:.2f} ms ({args.latency_samples} samples)")
+            failures = cli_inserts_under_load(a, b, args.messages, args.cli_inserts)
+            print(f"sqlite3 CLI inserts without busy timeout while {args.messages} messages "
+                  f"flow in: {failures} of {args.cli_inserts} failed "
+                  f"({100 * failures / args.cli_inserts:.2f}%)")
             print(f"idle CPU over {args.idle_seconds:.0f} s: sender "
                   f"{idle_cpu(a, args.idle_seconds):.2f}% of a core", end="")
             print(f", receiver {idle_cpu(b, args.idle_seconds):.2f}%")

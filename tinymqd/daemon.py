@@ -28,7 +28,7 @@ STATUS_INTERVAL = 5.0
 STOP_DEADLINE = 1.5  # seconds for the workers to finish (the promise is 2 s)
 HEARTBEAT_LIMIT = 10.0  # a worker silent this long is stuck: stop feeding the watchdog
 HELLO_WITHIN_DAYS = 30
-SWITCH_INTERVAL = 0.0005
+SWITCH_INTERVAL = 0.0002
 
 
 class Daemon:

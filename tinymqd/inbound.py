@@ -20,22 +20,6 @@ MAX_ACK_RANGES = 32
 KEEP_RANGES = 64
 BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for out-of-order and partial messages
 
-INSERT_MQIN = """
-INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts)
-VALUES (?1, ?2, CAST(?3 AS TEXT),
-        CASE ?4 WHEN 3 THEN CAST(?5 AS TEXT) WHEN 1 THEN CAST(CAST(?5 AS TEXT) AS INTEGER)
-                WHEN 2 THEN CAST(CAST(?5 AS TEXT) AS REAL) ELSE ?5 END,
-        ?6, ?7, CAST(?8 AS TEXT))
-"""
-UPSERT_RX = """
-INSERT INTO tinymq_rx (sender, stream, next_seq, shost, sport, seen)
-VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP)
-ON CONFLICT (sender, stream) DO UPDATE SET
-    next_seq = max(next_seq, excluded.next_seq), shost = excluded.shost,
-    sport = excluded.sport, seen = excluded.seen
-"""
-
-
 class RangeSet:
     """Packet numbers received, as inclusive ranges, most recent first (bounded)."""
 
@@ -236,10 +220,6 @@ class Inbound:
         upto = st.submitted
         rx = (st.sender, st.stream, upto, st.shost, st.sport)
 
-        def write(conn):
-            conn.executemany(INSERT_MQIN, rows)
-            conn.execute(UPSERT_RX, rx)
-
         def done():
             with self.lock:
                 self.committed_messages += len(rows)
@@ -248,7 +228,8 @@ class Inbound:
                 self._send_ack(st)
 
         self.received_messages += len(rows)
-        self.writer.submit(write, done)
+        # The rows and the committed point, in one transaction.
+        self.writer.submit(staged={"mqin": rows, "rx": [rx]}, done=done)
 
     def flush(self):
         """End of a burst: hand the rows to the writer, acknowledge what arrived."""

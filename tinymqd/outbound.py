@@ -53,8 +53,6 @@ class OutStream:
         self.allocated = next_seq  # seqs below are handed out (maybe not yet committed)
         self.load_from = None  # next seq to read from mqout; None: find the lowest
         self.committed = 0  # the peer's committed point
-        self.deleting = False  # a DELETE of committed rows is queued in the writer
-        self.deleted_upto = 0
         self.messages = collections.OrderedDict()  # seq -> OutMessage, ascending
         self.unsent = collections.deque()  # messages with fragments never sent
         self.retx = collections.deque()  # (message, fragment) to send again

@@ -48,18 +48,12 @@ LOAD = """
 SELECT seq, x, typeof(data), data, token, ts FROM mqout
 WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?
 """
-ASSIGN = "UPDATE mqout SET stream = ?, seq = ?, last_error = NULL WHERE x = ? AND stream IS NULL"
-SAVE_STREAM = """
-INSERT INTO tinymq_streams (id, host, port, next_seq) VALUES (?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)
-"""
 ROW_ERROR = "UPDATE mqout SET last_error = ? WHERE x = ? AND stream IS NULL"
 STREAM_ERROR = """
 UPDATE mqout SET last_error = ?1 WHERE x IN
     (SELECT x FROM mqout WHERE stream = ?2 AND last_error IS NOT ?1 LIMIT ?3)
 """
 CLEAR_STREAM_ERROR = "UPDATE mqout SET last_error = NULL WHERE stream = ? AND last_error IS NOT NULL"
-DELETE_COMMITTED = "DELETE FROM mqout WHERE stream = ? AND seq < ?"
 EXISTING = "SELECT seq FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
                 b"real": protocol.KIND_REAL, b"text": protocol.KIND_TEXT,
@@ -186,13 +180,14 @@ class Scheduler(Worker):
         saved = [(st.id, st.host, st.port, st.allocated) for st in touched.values()]
         progress = {st.id: st.allocated for st in touched.values()}
 
-        def write(conn):
-            conn.executemany(ASSIGN, assigned)
-            conn.executemany(SAVE_STREAM, saved)
+        def write_errors(conn):
             conn.executemany(ROW_ERROR, errors)
 
         self.assigning += 1
-        self.writer.submit(write, lambda: self.inbox.put(("assigned", progress)))
+        self.writer.submit(write_errors if errors else None,
+                           lambda: self.inbox.put(("assigned", progress)),
+                           staged={"assign": [(x, s, q) for s, q, x in assigned],
+                                   "streams": saved})
 
     def _check_row(self, host, port, size):
         """(destination, None) for a sendable row, else (None, the reason)."""
@@ -389,29 +384,12 @@ class Scheduler(Worker):
             st.unreachable = False
             log.info("destination %s is back", st.name, extra={"PEER": st.name})
             self._show_error(st, None)
-        if st.on_ack(ack, now, self.cfg.retry_max) is not None:
-            self._delete_committed(st)
+        committed = st.on_ack(ack, now, self.cfg.retry_max)
+        if committed is not None:
+            # Coalesced in the writer: one DELETE per destination and transaction.
+            self.writer.submit(staged={"delete": [(st.id, committed)]})
         self._queue_timer(st)
         self.dirty.add(st)
-
-    def _delete_committed(self, st):
-        """Delete what the peer committed: one pending DELETE per destination at a time,
-        covering all that was acknowledged by the time the writer runs it."""
-        if st.deleting:
-            return
-        st.deleting = True
-
-        def write(conn):
-            st.deleted_upto = st.committed
-            conn.execute(DELETE_COMMITTED, (st.id, st.deleted_upto))
-
-        self.writer.submit(write, lambda: self.inbox.put(("deleted", st.id)))
-
-    def _on_deleted(self, stream_id):
-        st = self.streams[stream_id]
-        st.deleting = False
-        if st.committed > st.deleted_upto:
-            self._delete_committed(st)
 
     def _on_hello(self, hello, addr):
         now = time.monotonic()

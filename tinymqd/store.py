@@ -54,6 +54,59 @@ CREATE TABLE IF NOT EXISTS tinymq_rx (
 );
 """
 
+
+
+class Staging:
+    """A TEMP table of the writer's connection (in memory, no database lock needed):
+    rows are copied in outside the lock, and `apply` moves them all inside it."""
+
+    def __init__(self, name, columns, apply, key=None):
+        definition = ", ".join(columns) + (f", PRIMARY KEY ({key})" if key else "")
+        self.create = f"CREATE TEMP TABLE staged_{name} ({definition})"
+        self.stage = (f"INSERT OR REPLACE INTO temp.staged_{name} "
+                      f"VALUES ({', '.join('?' * len(columns))})")
+        self.apply = apply
+        self.clear = f"DELETE FROM temp.staged_{name}"
+
+
+# In the order they are applied. A later row for the same key replaces an earlier one
+# (the newest stream counter, the highest committed point).
+STAGED = {
+    # Sequence numbers for new mqout rows. A row deleted meanwhile is simply not updated:
+    # its number becomes a gap, which the protocol treats as a cancel.
+    "assign": Staging("assign", ["x", "stream", "seq"], key="x", apply="""
+        UPDATE mqout SET stream = a.stream, seq = a.seq, last_error = NULL
+        FROM temp.staged_assign AS a WHERE mqout.x = a.x AND mqout.stream IS NULL"""),
+    "streams": Staging("streams", ["id", "host", "port", "next_seq"], key="id", apply="""
+        INSERT INTO tinymq_streams (id, host, port, next_seq)
+        SELECT id, host, port, next_seq FROM temp.staged_streams WHERE true
+        ON CONFLICT (id) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)"""),
+    # Rows the peer has committed: all of a stream below `upto`.
+    "delete": Staging("delete", ["stream", "upto"], key="stream", apply="""
+        DELETE FROM mqout WHERE rowid IN (
+            SELECT m.x FROM temp.staged_delete AS d
+            JOIN mqout AS m ON m.stream = d.stream AND m.seq < d.upto)"""),
+    # Arrived messages in arrival order; data gets back the type it had at the sender.
+    "mqin": Staging("mqin", ["shost", "sport", "token", "kind", "data", "sender", "seq",
+                             "sent"], apply="""
+        INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts)
+        SELECT shost, sport, CAST(token AS TEXT),
+               CASE kind WHEN 3 THEN CAST(data AS TEXT)
+                         WHEN 1 THEN CAST(CAST(data AS TEXT) AS INTEGER)
+                         WHEN 2 THEN CAST(CAST(data AS TEXT) AS REAL) ELSE data END,
+               sender, seq, CAST(sent AS TEXT)
+        FROM temp.staged_mqin ORDER BY rowid"""),
+    # How far each sender's stream is stored: same transaction as its mqin rows.
+    "rx": Staging("rx", ["sender", "stream", "next_seq", "shost", "sport"],
+                  key="sender, stream", apply="""
+        INSERT INTO tinymq_rx (sender, stream, next_seq, shost, sport, seen)
+        SELECT sender, stream, next_seq, shost, sport, CURRENT_TIMESTAMP
+        FROM temp.staged_rx WHERE true
+        ON CONFLICT (sender, stream) DO UPDATE SET
+            next_seq = max(next_seq, excluded.next_seq), shost = excluded.shost,
+            sport = excluded.sport, seen = excluded.seen"""),
+}
+
 # Columns the daemon owns in mqout; added to tables made by an older version.
 DAEMON_COLUMNS = {"last_error": "TEXT", "stream": "INTEGER", "seq": "INTEGER"}
 REQUIRED = {"mqout": ("x", "host", "port", "token", "data"),
@@ -84,6 +137,9 @@ def connect(path, *, readonly=False):
     else:
         # The writer syncs the WAL itself after COMMIT, outside the lock (see writer.py).
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        for staging in STAGED.values():
+            conn.execute(staging.create)
     return conn
 
 

@@ -1,13 +1,17 @@
 """The SQLite writer thread: the only code that writes, many operations per transaction.
 
-Other threads submit operations (callables taking the connection) with an optional
-`done` callback. Each batch runs in one BEGIN IMMEDIATE transaction; callbacks run only
-after the transaction is on disk, so an acknowledgement can never precede the durable
-write. COMMIT runs with synchronous=NORMAL, which releases the database lock without
-waiting for the disk; the writer then syncs the WAL file itself, outside the lock, so
-applications inserting meanwhile (the sqlite3 CLI waits for no lock) rarely find it
-taken.
-A locked database, a full disk or an I/O error is waited out (logged once), never
+Other threads submit rows for the staged tables of store.STAGED and, rarely, operations
+(callables taking the connection), each with an optional `done` callback. One batch is
+one transaction, and it holds the database lock as briefly as we can make it, because
+applications insert with the sqlite3 CLI, which waits for no lock:
+- rows are first copied into in-memory TEMP tables, outside the lock;
+- inside BEGIN IMMEDIATE, one statement per staged table moves them all (a handful of
+  statements whatever the batch size: each statement also waits for Python's GIL);
+  they are emptied after COMMIT, again outside the lock;
+- COMMIT runs with synchronous=NORMAL, which releases the lock without waiting for the
+  disk; the writer then syncs the WAL file itself, outside the lock.
+Callbacks run only after that sync, so an acknowledgement never precedes the durable
+write. A locked database, a full disk or an I/O error is waited out (logged once), never
 half-applied: the whole batch is retried.
 """
 
@@ -23,6 +27,10 @@ from tinymqd.worker import Worker
 log = logging.getLogger("tinymqd.writer")
 
 MAX_BATCH = 1000
+# Under load, start a transaction at most this often: fewer, larger transactions hold the
+# database lock for less time in all, leaving it free for applications' INSERTs. An idle
+# writer starts at once, so a single message is not delayed.
+MIN_GAP = 0.005
 # Errors worth waiting out: another process holds the lock, the disk is full or failing,
 # or the file became read-only (permissions being fixed). Anything else is a bug or a
 # damaged database and stops the daemon so that systemd restarts it.
@@ -41,9 +49,12 @@ class Writer(Worker):
         self.commits = 0
         self._trouble_since = None
         self._wal = None  # (file descriptor, (device, inode)) of the WAL file
+        self._last_commit = 0.0
 
-    def submit(self, op, done=None):
-        self.queue.put((op, done))
+    def submit(self, op=None, done=None, staged=None):
+        """op: callable(conn) run inside the transaction; staged: {table: [rows]} for
+        store.STAGED tables. All of one call is committed in the same transaction."""
+        self.queue.put((staged, op, done))
 
     def backlog(self):
         return self.queue.qsize()
@@ -60,6 +71,9 @@ class Writer(Worker):
                     first = self.queue.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                pause = self._last_commit + MIN_GAP - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
                 batch, stop = self._drain(first)
                 if batch:
                     try:
@@ -68,8 +82,9 @@ class Writer(Worker):
                         log.warning("stopping with %d unwritten operations; nothing of "
                                     "them was acknowledged, peers will resend", len(batch))
                         return
+                    self._last_commit = time.monotonic()
                     self._sync_wal()
-                    for _, done in batch:
+                    for _, _, done in batch:
                         if done is not None:
                             done()
                 if stop:
@@ -78,6 +93,15 @@ class Writer(Worker):
             conn.close()
             if self._wal is not None:
                 os.close(self._wal[0])
+
+    @staticmethod
+    def _clear(conn, tables):
+        """Empty the staged tables, outside the lock (a rollback keeps them for a retry)."""
+        if tables:
+            conn.execute("BEGIN")
+            for table in tables:
+                conn.execute(store.STAGED[table].clear)
+            conn.execute("COMMIT")
 
     def _sync_wal(self):
         """Make the committed transaction durable (the WAL holds it until a checkpoint,
@@ -114,14 +138,26 @@ class Writer(Worker):
                 return batch, False
 
     def _commit(self, conn, batch):
+        tables = set()
+        conn.execute("BEGIN")  # writes only TEMP tables: takes no database lock
+        for staged, _, _ in batch:
+            for table, rows in (staged or {}).items():
+                conn.executemany(store.STAGED[table].stage, rows)
+                tables.add(table)
+        conn.execute("COMMIT")
         delay = 0.01
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for op, _ in batch:
-                    op(conn)
+                for table, staging in store.STAGED.items():  # in dependency order
+                    if table in tables:
+                        conn.execute(staging.apply)
+                for _, op, _ in batch:
+                    if op is not None:
+                        op(conn)
                 conn.execute("COMMIT")
                 self.commits += 1
+                self._clear(conn, tables)
                 if self._trouble_since is not None:
                     log.warning("database writable again after %.1f s",
                                 time.monotonic() - self._trouble_since)
