@@ -66,6 +66,10 @@ class Receiver(Worker):
             self.dropped.count("decoder failure", _where(addr))
             return
         header = message.header
+        if header.src == self.node and header.dst != self.node:
+            # Our own datagram for another node, sent back to us: not ours to act on.
+            self.dropped.count("reflected", _where(addr))
+            return
         kind = header.type
         if kind == protocol.DATA:
             if not self.inbound.on_data(message, addr):

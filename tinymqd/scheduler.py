@@ -54,6 +54,7 @@ UPDATE mqout SET last_error = ?1 WHERE x IN
     (SELECT x FROM mqout WHERE stream = ?2 AND last_error IS NOT ?1 LIMIT ?3)
 """
 CLEAR_STREAM_ERROR = "UPDATE mqout SET last_error = NULL WHERE stream = ? AND last_error IS NOT NULL"
+COUNT_EXISTING = "SELECT count(*) FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 EXISTING = "SELECT seq FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
                 b"real": protocol.KIND_REAL, b"text": protocol.KIND_TEXT,
@@ -227,7 +228,7 @@ class Scheduler(Worker):
         literal = transport.literal_address(st.host)
         if literal is not None:
             try:
-                st.addr = transport.resolve(st.host, st.port, self.family)
+                self._set_address(st, transport.resolve(st.host, st.port, self.family))
             except OSError as e:
                 self._unresolved(st, str(e))
             return
@@ -253,9 +254,16 @@ class Scheduler(Worker):
         elif st.addr is not None and st.addr[:2] != addr[:2]:
             log.info("destination %s moved from %s to %s", st.name, st.addr[0], addr[0],
                      extra={"PEER": st.name})
-        st.addr = addr
+        self._set_address(st, addr)
         st.next_resolve = time.monotonic() + RERESOLVE_INTERVAL
         self.dirty.add(st)
+
+    def _set_address(self, st, addr):
+        st.addr = addr
+        if addr[1] == self.cfg.port and transport.is_local(addr, self.family):
+            # Sending to ourselves: name our own node as the destination, since a DATA
+            # datagram from our node to another one coming back to us is a reflection.
+            st.peer_node = self.node
 
     def _unresolved(self, st, reason):
         wait = RESOLVE_RETRY[0] if st.resolve_error is None else min(
@@ -432,8 +440,11 @@ class Scheduler(Worker):
                 continue
             seqs = st.messages.keys()
             first, last = next(iter(seqs)), next(reversed(seqs))
-            present = {row[0] for row in self.db.execute(EXISTING, (st.id, first, last))}
-            gone = [seq for seq in seqs if seq not in present]
+            (count,) = self.db.execute(COUNT_EXISTING, (st.id, first, last)).fetchone()
+            gone = ()
+            if count != len(seqs):  # cheap test first: some row in the range is gone
+                present = {row[0] for row in self.db.execute(EXISTING, (st.id, first, last))}
+                gone = [seq for seq in seqs if seq not in present]
             if gone:
                 st.cancel(gone)
                 log.info("%d message(s) to %s cancelled (deleted from mqout)",

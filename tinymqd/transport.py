@@ -71,5 +71,17 @@ def resolve(host, port, family):
     raise socket.gaierror(f"no usable address for {host}")
 
 
+def is_local(addr, family):
+    """True when addr's IP is one of this host's addresses (it can be bound)."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.bind((addr[0], 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def same_endpoint(a, b):
     return a is not None and b is not None and a[0] == b[0] and a[1] == b[1]

@@ -35,9 +35,11 @@ class Inbox:
         if self._sleeping:  # a write costs a system call: only when it is needed
             os.eventfd_write(self._fd, 1)
 
-    def get_all(self):
+    def get_all(self, limit=10000):
+        """What was posted, oldest first; at most `limit`, so that a steady stream of
+        events cannot starve the caller's other work."""
         items = self._items
-        while items:
+        for _ in range(min(limit, len(items))):
             yield items.popleft()
 
     def wait(self, timeout, watch=None):
