@@ -72,6 +72,10 @@ class Receiver(Worker):
             return
         kind = header.type
         if kind == protocol.DATA:
+            if header.dst not in (0, self.node):
+                self.dropped.count("data for another node", _where(addr))
+                self._introduce(header, addr)
+                return
             if not self.inbound.on_data(message, addr):
                 self.dropped.count("malformed message", _where(addr))
             self._note_heard(header, addr)
@@ -83,10 +87,23 @@ class Receiver(Worker):
         elif kind == protocol.HELLO:
             self.inbox.put(("hello", message, addr))
 
+    def _introduce(self, header, addr):
+        """Tell a sender that believes another node lives here who we are (its database
+        may have been replaced); it then resends what was not committed. At most once
+        a second per address."""
+        now = time.monotonic()
+        key = ("hello", addr[0], addr[1])
+        if self._heard.get(key, 0.0) + 1.0 < now:
+            self._heard[key] = now
+            self.inbound.send(protocol.encode_hello(self.inbound.port, self.node,
+                                                    header.src, self.inbound.boot), addr)
+
     def _note_heard(self, header, addr):
         now = time.monotonic()
         key = (addr[0], header.port)
         if self._heard.get(key, 0.0) + HEARD_INTERVAL < now:
+            if len(self._heard) > 10000:
+                self._heard.clear()
             self._heard[key] = now
             self.inbox.put(("heard", header.src, addr[0], header.port))
 

@@ -37,11 +37,11 @@ LOAD_BYTES = 8 * 1024 * 1024
 LOAD_ROWS = 1000
 MAX_LOADED = 32768  # messages of one destination held in memory
 ERROR_ROWS = 5000  # rows per stream marked at once with a destination's last_error
+MAX_TOKEN = 65535  # bytes
 MAX_ASSIGNING = 4  # assignment batches waiting in the writer before we stop scanning
 
 SCAN = """
-SELECT x, host, port, length(CAST(data AS BLOB)) + coalesce(length(CAST(token AS BLOB)), 0),
-       last_error
+SELECT x, host, port, length(CAST(data AS BLOB)), length(CAST(token AS BLOB)), last_error
 FROM mqout WHERE stream IS NULL AND seq IS NULL AND x > ? AND x <= ? ORDER BY x LIMIT ?
 """
 LOAD = """
@@ -163,8 +163,8 @@ class Scheduler(Worker):
             if len(rows) == SCAN_BATCH:
                 self.data_version = None  # more to read: scan again next round
         assigned, errors, touched = [], [], {}
-        for x, host, port, size, last_error in rows:
-            dest, problem = self._check_row(host, port, size)
+        for x, host, port, size, token_size, last_error in rows:
+            dest, problem = self._check_row(host, port, size, token_size)
             if problem:
                 if last_error != problem.encode():
                     errors.append((problem, x))
@@ -190,7 +190,7 @@ class Scheduler(Worker):
                            staged={"assign": [(x, s, q) for s, q, x in assigned],
                                    "streams": saved})
 
-    def _check_row(self, host, port, size):
+    def _check_row(self, host, port, size, token_size):
         """(destination, None) for a sendable row, else (None, the reason)."""
         if port is None:
             port = 9000
@@ -206,8 +206,10 @@ class Scheduler(Worker):
         if not isinstance(port, int) or not 1 <= port <= 65535:
             return None, f"port {port!r} is not a number from 1 to 65535"
         if size is not None and size > self.cfg.max_message:
-            return None, (f"message is {size} bytes, larger than max_message "
+            return None, (f"data is {size} bytes, larger than max_message "
                           f"({self.cfg.max_message} bytes)")
+        if token_size is not None and token_size > MAX_TOKEN:
+            return None, f"token is {token_size} bytes, larger than {MAX_TOKEN} bytes"
         return (host, port), None
 
     def _on_assigned(self, progress):
@@ -376,6 +378,8 @@ class Scheduler(Worker):
             st.timer_queued = None
             if st.on_timeout(now, self.cfg.retry_max):
                 self._went_unreachable(st, now)
+            # A retry may come long after the last look: never resend a deleted row.
+            self._forget_deleted(st)
             self.dirty.add(st)
 
     # -- what peers tell us ----------------------------------------------------------------
@@ -402,9 +406,17 @@ class Scheduler(Worker):
     def _on_hello(self, hello, addr):
         now = time.monotonic()
         for st in self._streams_of(hello.header.src, addr[0], hello.header.port):
-            if st.peer_boot is not None and st.peer_boot != hello.boot:
+            if st.peer_node and st.peer_node != hello.header.src:
+                log.warning("destination %s is another node now (%016x, was %016x; its "
+                            "database replaced?): resending what it had not committed",
+                            st.name, hello.header.src, st.peer_node, extra={"PEER": st.name})
+                st.peer_node = hello.header.src
+                st.peer_boot = hello.boot
+                st.peer_restarted()
+            elif st.peer_boot is not None and st.peer_boot != hello.boot:
                 st.peer_restarted()
                 st.peer_boot = hello.boot
+            self._forget_deleted(st)
             st.wake(now)
             self._queue_timer(st)
             self.dirty.add(st)
@@ -413,6 +425,7 @@ class Scheduler(Worker):
         now = time.monotonic()
         for st in self._streams_of(node, ip, port):
             if st.backoff > 1.0 or st.unreachable:
+                self._forget_deleted(st)
                 st.wake(now)
                 self._queue_timer(st)
                 self.dirty.add(st)
@@ -438,18 +451,7 @@ class Scheduler(Worker):
         for st in self.streams.values():
             if not st.messages:
                 continue
-            seqs = st.messages.keys()
-            first, last = next(iter(seqs)), next(reversed(seqs))
-            (count,) = self.db.execute(COUNT_EXISTING, (st.id, first, last)).fetchone()
-            gone = ()
-            if count != len(seqs):  # cheap test first: some row in the range is gone
-                present = {row[0] for row in self.db.execute(EXISTING, (st.id, first, last))}
-                gone = [seq for seq in seqs if seq not in present]
-            if gone:
-                st.cancel(gone)
-                log.info("%d message(s) to %s cancelled (deleted from mqout)",
-                         len(gone), st.name, extra={"PEER": st.name})
-                self.dirty.add(st)
+            self._forget_deleted(st)
             if st.stalled():
                 if st.stall_since is None:
                     st.stall_since = now
@@ -459,6 +461,22 @@ class Scheduler(Worker):
                     self.dirty.add(st)
             else:
                 st.stall_since = None
+
+    def _forget_deleted(self, st):
+        seqs = st.messages.keys()
+        if not seqs:
+            return
+        first, last = next(iter(seqs)), next(reversed(seqs))
+        (count,) = self.db.execute(COUNT_EXISTING, (st.id, first, last)).fetchone()
+        if count == len(seqs):  # the cheap test: no row in the range is gone
+            return
+        present = {row[0] for row in self.db.execute(EXISTING, (st.id, first, last))}
+        gone = [seq for seq in seqs if seq not in present]
+        if gone:
+            st.cancel(gone)
+            log.info("%d message(s) to %s cancelled (deleted from mqout)",
+                     len(gone), st.name, extra={"PEER": st.name})
+            self.dirty.add(st)
 
     # -- figures for STATUS ------------------------------------------------------------------
 
