@@ -19,6 +19,8 @@ MIN_CWND = 2.0
 MAX_CWND = 2048.0
 REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
 UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
+PACE_BURST = 8  # packets that may leave back to back; then one per RTT / window
+PACE_GAIN = 1.25  # pace a little faster than window / RTT, so pacing never limits it
 
 
 class OutMessage:
@@ -76,6 +78,7 @@ class OutStream:
         self.backoff = 1.0
         self.timer = None  # when the oldest outstanding packet counts as lost
         self.timer_queued = None  # the deadline last put on the scheduler's heap
+        self.pace_at = 0.0  # when the next packet may leave (a window is not one burst)
         self.stall_since = None
         self.peer_node = 0
         self.peer_boot = None
@@ -164,7 +167,13 @@ class OutStream:
             return message, message.next_frag, False
         return None
 
+    def may_send_at(self, now):
+        return self.pace_at <= now
+
     def record_sent(self, pn, frames, now):
+        if self.srtt is not None:
+            interval = self.srtt / (self.cwnd * PACE_GAIN)
+            self.pace_at = max(self.pace_at, now - PACE_BURST * interval) + interval
         self.sent[pn] = (now, frames)
         if self.timer is None:
             self.timer = now + self.jittered_rto()

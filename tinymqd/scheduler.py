@@ -56,6 +56,7 @@ UPDATE mqout SET last_error = ?1 WHERE x IN
 CLEAR_STREAM_ERROR = "UPDATE mqout SET last_error = NULL WHERE stream = ? AND last_error IS NOT NULL"
 COUNT_EXISTING = "SELECT count(*) FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 EXISTING = "SELECT seq FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
+RETRY, PACE = 0, 1  # kinds of timers
 KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
                 b"real": protocol.KIND_REAL, b"text": protocol.KIND_TEXT,
                 b"blob": protocol.KIND_BLOB}
@@ -77,7 +78,7 @@ class Scheduler(Worker):
         self.streams = {}  # id -> OutStream
         self.by_dest = {}  # (host, port) -> OutStream
         self.dirty = set()  # streams that may have something to load or send
-        self.timers = []  # heap of (deadline, stream id)
+        self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.scan_x = 0
         self.assigning = 0
         self.data_version = None
@@ -351,6 +352,9 @@ class Scheduler(Worker):
         sendto = self.sock.sendto
         port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
         while st.can_send():
+            if not st.may_send_at(now):
+                heapq.heappush(self.timers, (st.pace_at, st.id, PACE))
+                break
             packet = st.build_packet(limit, port, node, self.boot)
             if packet is None:
                 break
@@ -366,13 +370,16 @@ class Scheduler(Worker):
     def _queue_timer(self, st):
         if st.timer is not None and st.timer != st.timer_queued:
             st.timer_queued = st.timer
-            heapq.heappush(self.timers, (st.timer, st.id))
+            heapq.heappush(self.timers, (st.timer, st.id, RETRY))
 
     def _run_timers(self, now):
         timers = self.timers
         while timers and timers[0][0] <= now:
-            deadline, stream_id = heapq.heappop(timers)
+            deadline, stream_id, kind = heapq.heappop(timers)
             st = self.streams[stream_id]
+            if kind == PACE:
+                self.dirty.add(st)
+                continue
             if st.timer != deadline:
                 continue  # superseded
             st.timer_queued = None

@@ -1,7 +1,7 @@
 """Sending state of one destination: packing, acknowledgements, loss, backoff, cancel."""
 
 from tinymqd import protocol
-from tinymqd.outbound import MIN_RTO, OutMessage, OutStream
+from tinymqd.outbound import MIN_RTO, PACE_BURST, OutMessage, OutStream
 
 PORT, NODE, PEER, BOOT = 9000, 0xA, 0xB, 1
 CHUNK = protocol.chunk_size(1200)
@@ -113,3 +113,18 @@ def test_ack_cannot_release_more_than_was_sent_by_ranges():
     send_all(st)
     st.on_ack(ack(0, [(1, 10**9)]), 0.01, 1.0)  # absurd range: clamped, no crash
     assert not st.sent and list(st.messages) == [1]
+
+
+def test_a_window_is_paced_not_sent_as_one_burst():
+    st = stream_with(*[CHUNK] * 200)
+    st.cwnd = 100
+    send_all(st, now=0.0)  # before any RTT sample: no pacing information yet
+    st.on_ack(ack(0, [(1, 100)]), 0.010, 1.0)  # srtt is now 10 ms
+    burst = 0
+    while st.can_send() and st.may_send_at(0.010):
+        pn, _, frames = st.build_packet(1200, PORT, NODE, BOOT)
+        st.record_sent(pn, frames, 0.010)
+        burst += 1
+    assert 1 <= burst <= PACE_BURST + 1
+    later = 0.010 + 10 * st.srtt / st.cwnd
+    assert st.may_send_at(later)  # the rest follows at window / RTT
