@@ -57,7 +57,7 @@ def progress(receiver, tag):
 @pytest.mark.parametrize("victim", ["sender", "receiver"])
 def test_stop_mid_transfer_then_restart_exactly_once_in_order(pair, victim, sig):
     a, b = pair
-    n = 6000
+    n = 20000  # large enough that both kills land mid-transfer at ~12k messages/s
     tag = f"{victim}-{sig.name}"
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, tag, n)
     kills = 0
@@ -83,7 +83,7 @@ def test_stop_mid_transfer_then_restart_exactly_once_in_order(pair, victim, sig)
 def test_consumer_deletes_mqin_rows_before_sender_restarts(pair):
     """The seed duplicated messages after the consumer deleted the mqin row."""
     a, b = pair
-    n, tag = 4000, "consumed"
+    n, tag = 10000, "consumed"
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, tag, n)
     wait_until(lambda: progress(b, tag) >= n // 5, 60, "20% delivered", interval=0.005)
     a.kill()

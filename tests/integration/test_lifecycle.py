@@ -37,6 +37,16 @@ def test_sigterm_sends_stopping_and_exits_0_within_2s(start_daemon):
     assert a.notify.find("STOPPING", "1", since=mark) is not None, "no STOPPING=1"
 
 
+def test_watchdog_when_the_unit_sets_watchdogsec(make_daemon):
+    a = make_daemon("a")
+    a.start(env={"WATCHDOG_USEC": "1000000"})  # WatchdogSec=1s
+    mark = a.notify.mark()
+    wait_until(lambda: len(a.notify.values("WATCHDOG", since=mark)) >= 3, 3.5,
+               "WATCHDOG=1 at least every 1 s / 2")
+    assert set(a.notify.values("WATCHDOG", since=mark)) == {"1"}
+    a.stop()
+
+
 def test_sigint_exits_0_within_2s(start_daemon):
     a = start_daemon("a")
     rc, took = a.stop(signal.SIGINT)

@@ -40,6 +40,10 @@ def test_receiver_down_10s_delivery_resumes_within_2s_of_ready(pair):
     took = time.monotonic() - b.ready_at
     assert took < 2.0, f"delivery resumed {took:.2f} s after B's READY=1 (promise: ~1 s)"
     assert dbmod.series_numbers(b.db, "down") == list(range(1, 21))
+    # peer state changes are logged once per change, not once per retransmission
+    about_b = [line for line in a.stderr_text().splitlines() if f":{b.port}" in line]
+    assert 1 <= len(about_b) <= 4, ("expected a line when B became unreachable and one when it "
+                                    f"was back, got {len(about_b)}:\n" + "\n".join(about_b[:10]))
     a.stop()
     b.stop()
 

@@ -12,6 +12,7 @@ import yaml
 from tests.support import db as dbmod
 from tests.support.notify import NotifyListener
 from tests.support.ports import free_udp_port
+from tests.support.wait import add_check
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
@@ -45,6 +46,21 @@ def run_tinymqd(args, timeout=20, env=None, **kwargs):
 
 class DaemonError(AssertionError):
     pass
+
+
+_LIVE = set()  # daemons that sent READY=1 and were not stopped or killed by the test
+
+
+def check_daemons():
+    """Fail at once when a daemon that should be running has exited by itself."""
+    for d in list(_LIVE):
+        if d.proc is not None and d.proc.poll() is not None:
+            _LIVE.discard(d)
+            raise DaemonError(f"{d.name} (port {d.port}) died unexpectedly with exit code "
+                              f"{d.proc.returncode}; stderr:\n{d.stderr_tail()}")
+
+
+add_check(check_daemons)
 
 
 class Daemon:
@@ -141,14 +157,17 @@ class Daemon:
             raise DaemonError(f"{self.name}: exited with {rc} before READY=1; "
                               f"stderr:\n{self.stderr_tail()}")
         self.ready_at = got[0]
+        _LIVE.add(self)
         return self.ready_at
 
     def send_signal(self, sig):
+        _LIVE.discard(self)
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, limit=STOP_LIMIT, check=True):
         """Send sig (SIGTERM) and wait; with check, assert exit 0 within `limit` s.
         Returns (returncode, seconds taken)."""
+        _LIVE.discard(self)
         if not self.running:
             rc = self.proc.returncode if self.proc else None
             if check:
@@ -175,6 +194,7 @@ class Daemon:
 
     def kill(self):
         """SIGKILL (a crash) and reap."""
+        _LIVE.discard(self)
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -197,6 +217,7 @@ class Daemon:
 
     def cleanup(self):
         """Teardown: stop whatever still runs (quietly), close the listener."""
+        _LIVE.discard(self)
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)

@@ -7,6 +7,21 @@ class WaitTimeout(AssertionError):
     """A condition did not become true before its deadline."""
 
 
+# Callables run on every poll of wait_until/holds_for; they raise to end a wait early
+# (e.g. tests.support.daemon registers one that fails as soon as a daemon has died).
+CHECKS = []
+
+
+def add_check(fn):
+    if fn not in CHECKS:
+        CHECKS.append(fn)
+
+
+def _run_checks():
+    for fn in CHECKS:
+        fn()
+
+
 def wait_until(predicate, timeout, msg, interval=0.02, describe=None):
     """Call predicate() until it returns a truthy value; return that value.
 
@@ -19,6 +34,7 @@ def wait_until(predicate, timeout, msg, interval=0.02, describe=None):
         value = predicate()
         if value:
             return value
+        _run_checks()
         if time.monotonic() >= deadline:
             detail = ""
             if describe is not None:
@@ -34,6 +50,7 @@ def holds_for(predicate, duration, msg, interval=0.05, describe=None):
     """Assert that predicate() stays truthy for `duration` seconds."""
     deadline = time.monotonic() + duration
     while True:
+        _run_checks()
         value = predicate()
         if not value:
             detail = f" [{describe()}]" if describe is not None else ""
