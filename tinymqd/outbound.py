@@ -13,10 +13,13 @@ import random
 from tinymqd import protocol
 
 INITIAL_RTO = 0.25
-MIN_RTO = 0.1
+MIN_RTO = 0.02  # packet numbers make spurious timeouts cheap to tell; waiting is not
 INITIAL_CWND = 16.0
-MIN_CWND = 2.0
+MIN_CWND = 4.0
 MAX_CWND = 2048.0
+# Multiplicative decrease per round trip with losses. Gentler than halving: on a lossy
+# path most losses are not congestion, and a halved window never recovers there.
+BETA = 0.7
 REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
 UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
 PACE_BURST = 8  # packets that may leave back to back; then one per RTT / window
@@ -76,6 +79,7 @@ class OutStream:
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
         self.backoff = 1.0
+        self.timeouts = 0  # in a row, without an acknowledgement in between
         self.timer = None  # when the oldest outstanding packet counts as lost
         self.timer_queued = None  # the deadline last put on the scheduler's heap
         self.pace_at = 0.0  # when the next packet may leave (a window is not one burst)
@@ -218,14 +222,16 @@ class OutStream:
             self._rtt_sample(latest)
         if newly:
             self.backoff = 1.0
+            self.timeouts = 0
             self._grow(newly)
         self._detect_losses(now)
-        self.timer = (now + self.current_rto()) if sent else None
+        released = None
         if ack.committed > self.committed:
-            self.committed = ack.committed
+            self.committed = released = ack.committed
             self._release_committed()
-            return ack.committed
-        return None
+        # Also wait for the commit of what the peer holds: that acknowledgement may be lost.
+        self.timer = (now + self.current_rto()) if sent or self.messages else None
+        return released
 
     def _release_committed(self):
         messages = self.messages
@@ -272,7 +278,7 @@ class OutStream:
             if newest_lost_time > self.recovery_start:
                 # One reduction per round trip of losses (multiplicative decrease).
                 self.recovery_start = now
-                self.cwnd = max(MIN_CWND, self.cwnd / 2)
+                self.cwnd = max(MIN_CWND, self.cwnd * BETA)
                 self.ssthresh = self.cwnd
 
     def _requeue(self, frames):
@@ -281,12 +287,18 @@ class OutStream:
                 self.retx.append((message, frag))
 
     def on_timeout(self, now, retry_max):
-        """No acknowledgement in time: everything outstanding is lost; back off."""
-        for _, frames in self.sent.values():
-            self._requeue(frames)
-        self.sent.clear()
-        self.cwnd = MIN_CWND / 2  # one probe packet until the peer answers
-        self.ssthresh = max(MIN_CWND, self.ssthresh / 2)
+        """No acknowledgement in time: everything outstanding is lost; back off.
+        Returns True when the destination has just become unreachable."""
+        if self.sent:
+            for _, frames in self.sent.values():
+                self._requeue(frames)
+            self.sent.clear()
+            self.timeouts += 1
+            self.ssthresh = max(MIN_CWND, self.cwnd * BETA)
+            # A second timeout in a row: the path is gone; probe with one packet.
+            self.cwnd = self.ssthresh if self.timeouts == 1 else 1.0
+        else:
+            self._probe_commit()
         self.backoff = min(self.backoff * 2, max(1.0, retry_max / self.rto))
         self.timer = None
         became_unreachable = (not self.unreachable and self.waiting_since is not None
@@ -294,6 +306,16 @@ class OutStream:
         if became_unreachable:
             self.unreachable = True
         return became_unreachable
+
+    def _probe_commit(self):
+        """Everything was received but the commit was not confirmed: send the first
+        fragment of the oldest message again; the answer carries the committed point."""
+        for message in self.messages.values():
+            if message.acked[0]:
+                message.acked[0] = 0
+                message.nacked -= 1
+            self.retx.appendleft((message, 0))
+            return
 
     def jittered_rto(self):
         return self.current_rto() * random.uniform(0.9, 1.1)

@@ -73,14 +73,25 @@ def test_gap_in_acknowledged_packets_is_retransmitted():
     assert again[0].pn == 6  # a new packet number: RTT samples stay unambiguous
 
 
-def test_timeout_backs_off_up_to_retry_max_and_then_probes_one_packet():
-    st = stream_with(*[CHUNK] * 4)
+def test_timeouts_back_off_up_to_retry_max_and_then_probe_with_one_packet():
+    st = stream_with(*[CHUNK] * 40)
     send_all(st)
-    for _ in range(20):
+    for _ in range(20):  # the peer never answers
         st.on_timeout(1.0, 1.0)
-    assert st.current_rto() <= 1.0 + 1e-9
-    assert st.current_rto() >= MIN_RTO
-    assert len(send_all(st)) == 1  # window of one until the peer answers
+        probes = send_all(st, 1.0)
+    assert len(probes) == 1  # after two timeouts in a row: one packet per retry
+    assert MIN_RTO <= st.current_rto() <= 1.0 + 1e-9
+
+
+def test_a_lost_commit_acknowledgement_is_asked_for_again():
+    st = stream_with(10)
+    send_all(st)
+    st.on_ack(ack(0, [(1, 1)]), 0.01, 1.0)  # received, but the commit ack never comes
+    assert st.timer is not None  # the stream waits for the commit with a timer
+    st.on_timeout(st.timer, 1.0)
+    again = send_all(st, 0.5)
+    assert [(f.seq, f.frag) for p in again for f in p.frames] == [(1, 0)]
+    assert st.on_ack(ack(2, [(2, 2)]), 0.51, 1.0) == 2 and not st.messages
 
 
 def test_unreachable_is_reported_once_after_a_while():
