@@ -205,3 +205,29 @@ def test_datagrams_for_another_node_create_nothing(start_daemon, make_relay):
               describe=lambda: f"C's mqin: {c.count('mqin')} rows, e.g. "
                                f"{c.query('SELECT shost, sport, token, data FROM mqin LIMIT 2')}")
     assert b.count("mqin", "token='for-b'") == 20
+
+
+@pytest.mark.timeout(60)
+def test_replayed_old_acks_remove_nothing(pair, make_relay):
+    """Real acknowledgements captured earlier, replayed while a newer message is in flight,
+    must not remove it: an ack removes only the exact message it names."""
+    a, b = pair
+    relay = make_relay(("127.0.0.1", b.port), capture=True)
+    dbmod.enqueue_series(a.db, "127.0.0.1", relay.port, "old", 5)
+    wait_until(lambda: b.count("mqin") == 5 and a.count("mqout") == 0, 10, "delivered")
+    acks = list(relay.captured["reverse"])
+    if not acks:
+        pytest.skip("B's replies do not pass through the relay; nothing captured to replay")
+    relay.set_faults("forward", loss=100)
+    x = a.enqueue(relay.port, "new", "in flight, not yet delivered")
+    wait_until(lambda: relay.snapshot()["forward"]["dropped"] >= 1, 5, "A sent it (dropped)")
+    for _ in range(3):
+        for d in acks:
+            relay._sock.sendto(d, ("127.0.0.1", a.port))  # from the address A sends to
+        time.sleep(0.05)
+    holds_for(lambda: a.count("mqout", "x=?", (x,)) == 1, 1.0,
+              "the in-flight row survives replayed acks")
+    relay.set_faults("forward", loss=0)
+    wait_until(lambda: b.count("mqin", "token='new'") == 1 and a.count("mqout") == 0, 10,
+               "delivered once the link is back")
+    holds_for(lambda: b.count("mqin") == 6, 0.5, "exactly once")
