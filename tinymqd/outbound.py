@@ -17,9 +17,13 @@ MIN_RTO = 0.02  # packet numbers make spurious timeouts cheap to tell; waiting i
 INITIAL_CWND = 16.0
 MIN_CWND = 4.0
 MAX_CWND = 2048.0
-# Multiplicative decrease per round trip with losses. Gentler than halving: on a lossy
-# path most losses are not congestion, and a halved window never recovers there.
-BETA = 0.7
+# The window grows by 1/GROWTH of itself per round trip, and shrinks once per round
+# trip in proportion to the fraction of its packets lost (by half that fraction).
+# Random loss below about 12% (1/16 growth against f/2 decrease) does not shrink it, so
+# a lossy path keeps most of its throughput; congestion, whose loss rises with the rate,
+# still pushes it down.
+GROWTH = 16
+BETA = 0.7  # the window after a timeout
 REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
 UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
 PACE_BURST = 8  # packets that may leave back to back; then one per RTT / window
@@ -74,7 +78,9 @@ class OutStream:
         self.largest_acked = 0
         self.cwnd = INITIAL_CWND
         self.ssthresh = MAX_CWND
-        self.recovery_start = 0.0
+        self.round_end = 1  # the round trip ends when this packet number is acknowledged
+        self.round_acked = 0
+        self.round_lost = 0
         self.srtt = None
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
@@ -225,6 +231,9 @@ class OutStream:
             self.timeouts = 0
             self._grow(newly)
         self._detect_losses(now)
+        self.round_acked += newly
+        if self.largest_acked >= self.round_end:
+            self._end_round()
         released = None
         if ack.committed > self.committed:
             self.committed = released = ack.committed
@@ -257,8 +266,16 @@ class OutStream:
         if self.cwnd < self.ssthresh:
             self.cwnd += packets  # slow start
         else:
-            self.cwnd += packets / self.cwnd  # additive increase
+            self.cwnd += packets / GROWTH
         self.cwnd = min(self.cwnd, MAX_CWND)
+
+    def _end_round(self):
+        if self.round_lost:
+            lost_fraction = self.round_lost / (self.round_lost + self.round_acked)
+            self.cwnd = max(MIN_CWND, self.cwnd * (1 - lost_fraction / 2))
+            self.ssthresh = self.cwnd
+        self.round_acked = self.round_lost = 0
+        self.round_end = self.next_pn
 
     def _detect_losses(self, now):
         sent = self.sent
@@ -271,15 +288,9 @@ class OutStream:
                 break
             if pn <= self.largest_acked - REORDER_PACKETS or when <= now - threshold:
                 lost.append(pn)
-        if lost:
-            newest_lost_time = sent[lost[-1]][0]
-            for pn in lost:
-                self._requeue(sent.pop(pn)[1])
-            if newest_lost_time > self.recovery_start:
-                # One reduction per round trip of losses (multiplicative decrease).
-                self.recovery_start = now
-                self.cwnd = max(MIN_CWND, self.cwnd * BETA)
-                self.ssthresh = self.cwnd
+        for pn in lost:
+            self._requeue(sent.pop(pn)[1])
+        self.round_lost += len(lost)
 
     def _requeue(self, frames):
         for message, frag in frames:
@@ -289,17 +300,21 @@ class OutStream:
     def on_timeout(self, now, retry_max):
         """No acknowledgement in time: everything outstanding is lost; back off.
         Returns True when the destination has just become unreachable."""
+        # Heard from within the last interval: the peer is alive and the path lossy, so
+        # retry at the same pace; silent: back off exponentially, down to one probe.
+        silent = self.last_heard is None or now - self.last_heard > self.current_rto()
         if self.sent:
             for _, frames in self.sent.values():
                 self._requeue(frames)
             self.sent.clear()
             self.timeouts += 1
             self.ssthresh = max(MIN_CWND, self.cwnd * BETA)
-            # A second timeout in a row: the path is gone; probe with one packet.
-            self.cwnd = self.ssthresh if self.timeouts == 1 else 1.0
+            # A second timeout in a row: the path may be gone; probe with one packet.
+            self.cwnd = 1.0 if self.timeouts > 1 and silent else self.ssthresh
         else:
             self._probe_commit()
-        self.backoff = min(self.backoff * 2, max(1.0, retry_max / self.rto))
+        if silent:
+            self.backoff = min(self.backoff * 2, max(1.0, retry_max / self.rto))
         self.timer = None
         became_unreachable = (not self.unreachable and self.waiting_since is not None
                               and now - self.waiting_since >= UNREACHABLE_AFTER)

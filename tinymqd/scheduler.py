@@ -36,7 +36,7 @@ RERESOLVE_INTERVAL = 60.0
 LOAD_BYTES = 8 * 1024 * 1024
 LOAD_ROWS = 1000
 MAX_LOADED = 32768  # messages of one destination held in memory
-ERROR_ROWS = 5000  # rows per stream marked at once with a destination's last_error
+ERROR_ROWS = 5000  # first rows of a destination that carry its last_error
 MAX_TOKEN = 65535  # bytes
 MAX_ASSIGNING = 4  # assignment batches waiting in the writer before we stop scanning
 
@@ -49,11 +49,16 @@ SELECT seq, x, typeof(data), data, token, ts FROM mqout
 WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?
 """
 ROW_ERROR = "UPDATE mqout SET last_error = ? WHERE x = ? AND stream IS NULL"
+# A destination's trouble is written to the first ERROR_ROWS rows waiting for it (the ones
+# not moving), bounded so that a backlog of a million rows costs no more than a few.
 STREAM_ERROR = """
-UPDATE mqout SET last_error = ?1 WHERE x IN
-    (SELECT x FROM mqout WHERE stream = ?2 AND last_error IS NOT ?1 LIMIT ?3)
+UPDATE mqout SET last_error = ?1
+WHERE stream = ?2 AND seq >= ?3 AND seq < ?3 + ?4 AND last_error IS NOT ?1
 """
-CLEAR_STREAM_ERROR = "UPDATE mqout SET last_error = NULL WHERE stream = ? AND last_error IS NOT NULL"
+CLEAR_STREAM_ERROR = """
+UPDATE mqout SET last_error = NULL
+WHERE stream = ? AND seq < ? AND last_error IS NOT NULL
+"""
 COUNT_EXISTING = "SELECT count(*) FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 EXISTING = "SELECT seq FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
 RETRY, PACE = 0, 1  # kinds of timers
@@ -100,8 +105,9 @@ class Scheduler(Worker):
                 wait = IDLE_WAKE if watch and now > poll_until else POLL_INTERVAL
                 if self.timers:
                     wait = min(wait, self.timers[0][0] - now)
-                if self.dirty or self.data_version is None:
-                    wait = 0
+                if self.dirty or (self.data_version is None
+                                  and self.assigning < MAX_ASSIGNING):
+                    wait = 0  # work waits (but not on the writer: its answer wakes us)
                 if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
                     watch.clear()
                     poll_until = time.monotonic() + AFTER_WAKE
@@ -217,10 +223,11 @@ class Scheduler(Worker):
         self.assigning -= 1
         for stream_id, allocated in progress.items():
             st = self.streams[stream_id]
+            newly_from = st.assigned
             st.assigned = max(st.assigned, allocated)
             self._need_address(st)
-            if st.error_shown:
-                self._show_error(st, st.error_shown, force=True)
+            if st.error_shown and newly_from < st.base + ERROR_ROWS:
+                self._show_error(st, st.error_shown, force=True)  # new rows among the first
             self.dirty.add(st)
 
     # -- addresses ------------------------------------------------------------------
@@ -300,11 +307,15 @@ class Scheduler(Worker):
         if text == st.error_shown and not force:
             return
         st.error_shown = text
-        stream_id = st.id
+        # The first waiting rows: those from the lowest pending sequence number on. Rows
+        # marked earlier lie below base + ERROR_ROWS too (base only moves up).
+        stream_id, base = st.id, st.base
         if text is None:
-            self.writer.submit(lambda c: c.execute(CLEAR_STREAM_ERROR, (stream_id,)))
+            self.writer.submit(lambda c: c.execute(CLEAR_STREAM_ERROR,
+                                                   (stream_id, base + ERROR_ROWS)))
         else:
-            self.writer.submit(lambda c: c.execute(STREAM_ERROR, (text, stream_id, ERROR_ROWS)))
+            self.writer.submit(lambda c: c.execute(STREAM_ERROR,
+                                                   (text, stream_id, base, ERROR_ROWS)))
 
     # -- loading and sending ---------------------------------------------------------------
 
