@@ -59,7 +59,6 @@ class OutStream:
         self.port = port
         self.chunk = chunk
         self.assigned = next_seq  # seqs below are committed in mqout
-        self.allocated = next_seq  # seqs below are handed out (maybe not yet committed)
         self.load_from = None  # next seq to read from mqout; None: find the lowest
         self.committed = 0  # the peer's committed point
         self.messages = collections.OrderedDict()  # seq -> OutMessage, ascending

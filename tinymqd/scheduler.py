@@ -1,11 +1,11 @@
 """The retransmit scheduler thread: everything on the sending side.
 
-It notices new mqout rows (PRAGMA data_version: cheap, and it changes when any other
-connection commits), gives each a destination stream and a sequence number (through the
-writer, durably, before the first send), streams the lowest pending rows of each
-destination from the database into memory, sends, retransmits on loss or timeout with
-capped exponential backoff, and asks the writer to delete rows once the peer has
-committed them. A destination never waits for another: each has its own window, timers
+It notices new mqout rows (inotify and PRAGMA data_version, which changes when another
+connection commits), finds them numbered (a trigger gives each row its destination
+stream and sequence number as it is inserted, see store.TRIGGERS), marks rows that
+cannot be sent, streams the lowest pending rows of each destination from the database
+into memory, sends, retransmits on loss or timeout with capped exponential backoff, and
+asks the writer to delete rows once the peer has committed them. A destination never waits for another: each has its own window, timers
 and address resolution.
 """
 
@@ -38,17 +38,29 @@ LOAD_ROWS = 1000
 MAX_LOADED = 32768  # messages of one destination held in memory
 ERROR_ROWS = 5000  # first rows of a destination that carry its last_error
 MAX_TOKEN = 65535  # bytes
-MAX_ASSIGNING = 4  # assignment batches waiting in the writer before we stop scanning
 
-SCAN = """
-SELECT x, host, port, length(CAST(data AS BLOB)), length(CAST(token AS BLOB)), last_error
-FROM mqout WHERE stream IS NULL AND seq IS NULL AND x > ? AND x <= ? ORDER BY x LIMIT ?
+# Sizes are checked where data is read (loading); here only for unnumbered rows, so that
+# a row taken out of its stream for its size is not numbered again.
+ROW_COLUMNS = ("x, stream, seq, host, port, last_error, CASE WHEN stream IS NULL THEN "
+               "length(CAST(data AS BLOB)) END, length(CAST(token AS BLOB))")
+NEW_ROWS = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x > ? ORDER BY x LIMIT ?"
+UNNUMBERED = f"""
+SELECT {ROW_COLUMNS} FROM mqout
+WHERE stream IS NULL AND seq IS NULL AND x <= ? ORDER BY x LIMIT ?
 """
+ROWS_BY_X = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x = ?"
+# Data longer than the limit is not even read (length() of TEXT counts characters, which
+# are never more than its bytes, so this never hides a row within the limit).
 LOAD = """
-SELECT seq, x, typeof(data), data, token, ts FROM mqout
-WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?
+SELECT seq, x, typeof(data), CASE WHEN length(data) > ?5 THEN NULL ELSE data END,
+       length(data), token, ts FROM mqout
+WHERE stream = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq LIMIT ?4
 """
 ROW_ERROR = "UPDATE mqout SET last_error = ? WHERE x = ? AND stream IS NULL"
+# Takes a row out of its stream (a gap, like a cancel) and says why.
+UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL, last_error = ? WHERE x = ?"
+# Numbers a usable row that has none (the trigger does it): an older row, or one fixed.
+RENUMBER = "UPDATE mqout SET host = host WHERE x = ? AND stream IS NULL"
 # A destination's trouble is written to the first ERROR_ROWS rows waiting for it (the ones
 # not moving), bounded so that a backlog of a million rows costs no more than a few.
 STREAM_ERROR = """
@@ -81,11 +93,9 @@ class Scheduler(Worker):
         self.boot = boot  # this run's identity: packet numbers start afresh with it
         self.chunk = protocol.chunk_size(cfg.max_datagram)
         self.streams = {}  # id -> OutStream
-        self.by_dest = {}  # (host, port) -> OutStream
         self.dirty = set()  # streams that may have something to load or send
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
-        self.scan_x = 0
-        self.assigning = 0
+        self.scan_x = 0  # rows up to here have been looked at
         self.data_version = None
         self.resolver = concurrent.futures.ThreadPoolExecutor(4, "resolver")
         self.delivered = 0
@@ -105,9 +115,8 @@ class Scheduler(Worker):
                 wait = IDLE_WAKE if watch and now > poll_until else POLL_INTERVAL
                 if self.timers:
                     wait = min(wait, self.timers[0][0] - now)
-                if self.dirty or (self.data_version is None
-                                  and self.assigning < MAX_ASSIGNING):
-                    wait = 0  # work waits (but not on the writer: its answer wakes us)
+                if self.dirty or self.data_version is None:
+                    wait = 0
                 if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
                     watch.clear()
                     poll_until = time.monotonic() + AFTER_WAKE
@@ -117,9 +126,9 @@ class Scheduler(Worker):
                 if now >= next_cancel_check:
                     next_cancel_check = now + CANCEL_CHECK_INTERVAL
                     self._check_cancelled(now)
-                if now >= next_rescan and not self.assigning:
+                if now >= next_rescan:
                     next_rescan = now + RESCAN_INTERVAL
-                    self._scan(0, self.scan_x)
+                    self._examine(self.db.execute(UNNUMBERED, (self.scan_x, SCAN_BATCH)))
                     self._refresh_addresses(now)
                 self._run_timers(now)
                 self._pump(now)
@@ -138,97 +147,82 @@ class Scheduler(Worker):
     def _restore(self):
         rows = self.db.execute("SELECT id, host, port, next_seq FROM tinymq_streams").fetchall()
         for stream_id, host, port, next_seq in rows:
-            st = self._add_stream(stream_id, host.decode("utf-8", "replace"), port, next_seq)
+            st = self._add_stream(stream_id, host, port, next_seq)
             (lowest,) = self.db.execute("SELECT min(seq) FROM mqout WHERE stream = ?",
                                         (stream_id,)).fetchone()
             st.load_from = next_seq if lowest is None else lowest
             if lowest is not None:
                 self._need_address(st)
                 self.dirty.add(st)
+        # Numbered rows are covered by the streams' counters; unnumbered ones by the
+        # periodic look at them (which runs first thing).
+        (self.scan_x,) = self.db.execute("SELECT coalesce(max(x), 0) FROM mqout").fetchone()
 
     def _add_stream(self, stream_id, host, port, next_seq):
+        if isinstance(host, bytes):
+            host = host.decode("utf-8", "replace")
         st = OutStream(stream_id, host, port, next_seq, self.chunk)
         self.streams[stream_id] = st
-        self.by_dest[(host, port)] = st
         return st
 
-    # -- new rows: validation and sequence numbers ---------------------------------
+    # -- new rows ---------------------------------------------------------------------
 
     def _poll_mqout(self):
         (version,) = self.db.execute("PRAGMA data_version").fetchone()
-        if version != self.data_version and self.assigning < MAX_ASSIGNING:
-            self.data_version = version
-            self._scan(self.scan_x, 1 << 62)
-
-    def _scan(self, after, upto):
-        """Assign streams and sequence numbers to unassigned rows with after < x <= upto."""
-        rows = self.db.execute(SCAN, (after, upto, SCAN_BATCH)).fetchall()
-        if not rows:
+        if version == self.data_version:
             return
-        if upto > self.scan_x:
-            self.scan_x = max(self.scan_x, rows[-1][0])
+        self.data_version = version
+        rows = self.db.execute(NEW_ROWS, (self.scan_x, SCAN_BATCH)).fetchall()
+        if rows:
+            self.scan_x = rows[-1][0]
             if len(rows) == SCAN_BATCH:
-                self.data_version = None  # more to read: scan again next round
-        assigned, errors, touched = [], [], {}
-        for x, host, port, size, token_size, last_error in rows:
-            dest, problem = self._check_row(host, port, size, token_size)
-            if problem:
-                if last_error != problem.encode():
-                    errors.append((problem, x))
+                self.data_version = None  # more to read: look again next round
+            self._examine(rows)
+
+    def _examine(self, rows, renumber_allowed=True):
+        """Learn the numbered rows' streams; mark or number the others."""
+        errors, renumber, touched = [], [], {}
+        for x, stream, seq, host, port, last_error, size, token_size in rows:
+            if stream is not None:
+                st = self.streams.get(stream) or self._learn_stream(stream)
+                if st is not None and seq >= st.assigned:
+                    st.assigned = seq + 1
+                    touched[stream] = st
                 continue
-            st = self.by_dest.get(dest)
-            if st is None:
-                st = self._add_stream(max(self.streams, default=0) + 1, *dest, 1)
-                st.load_from = 1
-            assigned.append((st.id, st.allocated, x))
-            st.allocated += 1
-            touched[st.id] = st
-        if not assigned and not errors:
-            return
-        saved = [(st.id, st.host, st.port, st.allocated) for st in touched.values()]
-        progress = {st.id: st.allocated for st in touched.values()}
-
-        def write_errors(conn):
-            conn.executemany(ROW_ERROR, errors)
-
-        self.assigning += 1
-        self.writer.submit(write_errors if errors else None,
-                           lambda: self.inbox.put(("assigned", progress)),
-                           staged={"assign": [(x, s, q) for s, q, x in assigned],
-                                   "streams": saved})
-
-    def _check_row(self, host, port, size, token_size):
-        """(destination, None) for a sendable row, else (None, the reason)."""
-        if port is None:
-            port = 9000
-        if isinstance(host, bytes):
-            try:
-                host = host.decode("utf-8").strip().strip("[]")
-            except UnicodeDecodeError:
-                return None, "host is not valid UTF-8 text"
-        if not isinstance(host, str) or not host:
-            return None, "host is empty: set it to a name or an IP address"
-        if isinstance(port, bytes):
-            return None, f"port {port.decode('utf-8', 'replace')!r} is not a number from 1 to 65535"
-        if not isinstance(port, int) or not 1 <= port <= 65535:
-            return None, f"port {port!r} is not a number from 1 to 65535"
-        if size is not None and size > self.cfg.max_message:
-            return None, (f"data is {size} bytes, larger than max_message "
-                          f"({self.cfg.max_message} bytes)")
-        if token_size is not None and token_size > MAX_TOKEN:
-            return None, f"token is {token_size} bytes, larger than {MAX_TOKEN} bytes"
-        return (host, port), None
-
-    def _on_assigned(self, progress):
-        self.assigning -= 1
-        for stream_id, allocated in progress.items():
-            st = self.streams[stream_id]
-            newly_from = st.assigned
-            st.assigned = max(st.assigned, allocated)
+            problem = (_row_problem(host, port)
+                       or _size_problem(None, size, token_size, self.cfg.max_message))
+            if problem is None:
+                if renumber_allowed:
+                    renumber.append((x,))
+            elif last_error != problem.encode():
+                errors.append((problem, x))
+        for st in touched.values():
             self._need_address(st)
-            if st.error_shown and newly_from < st.base + ERROR_ROWS:
+            if st.error_shown and st.assigned - 1 < st.base + ERROR_ROWS:
                 self._show_error(st, st.error_shown, force=True)  # new rows among the first
             self.dirty.add(st)
+        if errors or renumber:
+            def write(conn):
+                conn.executemany(ROW_ERROR, errors)
+                conn.executemany(RENUMBER, renumber)
+
+            xs = [x for (x,) in renumber]
+            self.writer.submit(write, (lambda: self.inbox.put(("renumbered", xs)))
+                               if xs else None)
+
+    def _on_renumbered(self, xs):
+        for x in xs:
+            self._examine(self.db.execute(ROWS_BY_X, (x,)).fetchall(), renumber_allowed=False)
+
+    def _learn_stream(self, stream_id):
+        """A destination first seen in a new row (the trigger made its stream)."""
+        row = self.db.execute("SELECT host, port FROM tinymq_streams WHERE id = ?",
+                              (stream_id,)).fetchone()
+        if row is None:
+            return None
+        st = self._add_stream(stream_id, row[0], row[1], 1)
+        st.load_from = 1
+        return st
 
     # -- addresses ------------------------------------------------------------------
 
@@ -331,19 +325,27 @@ class Scheduler(Worker):
         """Read the next pending rows of a destination into memory, within a budget."""
         want = self._load_room(st)
         limit = min(want, LOAD_ROWS)
-        cursor = self.db.execute(LOAD, (st.id, st.load_from, st.assigned, limit))
-        rows = 0
+        max_message = self.cfg.max_message
+        cursor = self.db.execute(LOAD, (st.id, st.load_from, st.assigned, limit, max_message))
+        rows, too_large = 0, []
         try:
-            for seq, x, kind, data, token, ts in cursor:
-                st.add(OutMessage(seq, x, _encode(kind, data, token, ts), self.chunk))
+            for seq, x, kind, data, length, token, ts in cursor:
                 st.load_from = seq + 1
                 rows += 1
+                problem = _size_problem(data, length, token, max_message)
+                if problem:
+                    too_large.append((problem, x))  # out of the stream: it blocks nobody
+                    continue
+                st.add(OutMessage(seq, x, _encode(kind, data, token, ts), self.chunk))
                 if st.loaded_bytes >= LOAD_BYTES:
-                    return
+                    break
+            else:
+                if rows < limit:
+                    st.load_from = st.assigned  # no other row below it is pending
         finally:
             cursor.close()  # ends the read transaction, so checkpoints can proceed
-        if rows < limit:
-            st.load_from = st.assigned  # no other row below it is pending
+        if too_large:
+            self.writer.submit(lambda conn: conn.executemany(UNNUMBER, too_large))
 
     def _pump(self, now):
         if not self.dirty:
@@ -505,6 +507,33 @@ class Scheduler(Worker):
             "unreachable": sum(1 for st in waiting if st.unreachable or st.resolve_error),
             "in_memory": sum(len(st.messages) for st in waiting),
         }
+
+
+def _row_problem(host, port):
+    """Why a row cannot be sent, in the words of its last_error; None if it can. The same
+    rules as the numbering trigger's (store.TRIGGERS)."""
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("utf-8")
+        except UnicodeDecodeError:
+            return "host is not valid UTF-8 text"
+    if not isinstance(host, str) or not host.strip(" []"):
+        return "host is empty: set it to a name or an IP address"
+    if isinstance(port, bytes):
+        return f"port {port.decode('utf-8', 'replace')!r} is not a number from 1 to 65535"
+    if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _size_problem(data, length, token, max_message):
+    size = len(data) if isinstance(data, bytes) else length  # NULL here: over the limit
+    if size is not None and size > max_message:
+        return f"data is {size} bytes or more, larger than max_message ({max_message} bytes)"
+    token_size = len(token) if isinstance(token, bytes) else token
+    if isinstance(token_size, int) and token_size > MAX_TOKEN:
+        return f"token is {token_size} bytes, larger than {MAX_TOKEN} bytes"
+    return None
 
 
 def _encode(kind, data, token, ts):

@@ -72,15 +72,6 @@ class Staging:
 # In the order they are applied. A later row for the same key replaces an earlier one
 # (the newest stream counter, the highest committed point).
 STAGED = {
-    # Sequence numbers for new mqout rows. A row deleted meanwhile is simply not updated:
-    # its number becomes a gap, which the protocol treats as a cancel.
-    "assign": Staging("assign", ["x", "stream", "seq"], key="x", apply="""
-        UPDATE mqout SET stream = a.stream, seq = a.seq, last_error = NULL
-        FROM temp.staged_assign AS a WHERE mqout.x = a.x AND mqout.stream IS NULL"""),
-    "streams": Staging("streams", ["id", "host", "port", "next_seq"], key="id", apply="""
-        INSERT INTO tinymq_streams (id, host, port, next_seq)
-        SELECT id, host, port, next_seq FROM temp.staged_streams WHERE true
-        ON CONFLICT (id) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)"""),
     # Rows the peer has committed: all of a stream below `upto`.
     "delete": Staging("delete", ["stream", "upto"], key="stream", apply="""
         DELETE FROM mqout WHERE rowid IN (
@@ -105,6 +96,36 @@ STAGED = {
         ON CONFLICT (sender, stream) DO UPDATE SET
             next_seq = max(next_seq, excluded.next_seq), shost = excluded.shost,
             sport = excluded.sport, seen = excluded.seen"""),
+}
+
+# Numbering: every row inserted into mqout gets its destination stream and the stream's
+# next sequence number from a trigger, in the inserting transaction itself. So a row is
+# never without its number, numbers follow the order of x, and the daemon's writer never
+# has to rewrite the rows applications insert (its transactions stay short). A row whose
+# host or port cannot be used stays unnumbered; so does a row whose host or port an
+# application changes to unusable values (a changed row is numbered afresh).
+_DEST_HOST = "trim(NEW.host, ' []')"
+_DEST_PORT = "coalesce(NEW.port, 9000)"
+_USABLE = (f"{_DEST_HOST} <> '' AND (NEW.port IS NULL OR "
+           f"(typeof(NEW.port) = 'integer' AND NEW.port BETWEEN 1 AND 65535))")
+_NUMBER = f"""
+    INSERT INTO tinymq_streams (host, port, next_seq) VALUES ({_DEST_HOST}, {_DEST_PORT}, 1)
+        ON CONFLICT (host, port) DO NOTHING;
+    UPDATE mqout SET (stream, seq) = (
+        SELECT id, next_seq FROM tinymq_streams
+        WHERE host = {_DEST_HOST} AND port = {_DEST_PORT}) WHERE x = NEW.x;
+    UPDATE tinymq_streams SET next_seq = next_seq + 1
+        WHERE host = {_DEST_HOST} AND port = {_DEST_PORT};
+"""
+_UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL WHERE x = NEW.x;"
+TRIGGERS = {
+    "tinymq_number_new": f"AFTER INSERT ON mqout WHEN {_USABLE} BEGIN {_NUMBER} END",
+    "tinymq_unusable_new": (f"AFTER INSERT ON mqout WHEN NEW.stream IS NOT NULL "
+                            f"AND NOT ({_USABLE}) BEGIN {_UNNUMBER} END"),
+    "tinymq_number_changed": (f"AFTER UPDATE OF host, port ON mqout WHEN {_USABLE} "
+                              f"BEGIN {_NUMBER} END"),
+    "tinymq_unusable_changed": (f"AFTER UPDATE OF host, port ON mqout WHEN NOT ({_USABLE}) "
+                                f"BEGIN {_UNNUMBER} END"),
 }
 
 # Columns the daemon owns in mqout; added to tables made by an older version.
@@ -159,6 +180,9 @@ def initialize(path):
                     conn.execute(statement)
             _upgrade(conn)
             conn.execute("CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)")
+            for name, body in TRIGGERS.items():  # always the current definition
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+                conn.execute(f"CREATE TRIGGER {name} {body}")
             node = _node_id(conn)
             conn.execute("COMMIT")
         finally:
