@@ -73,11 +73,12 @@ class Partial:
 
 
 class InboundStream:
-    __slots__ = ("sender", "stream", "committed", "submitted", "partial", "ready",
+    __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
                  "rows", "received", "peer_boot", "addr", "shost", "sport", "buffered")
 
     def __init__(self, sender, stream, committed):
         self.sender = sender
+        self.sender_hex = f"{sender:016x}"  # as mqin.sender shows it
         self.stream = stream
         self.committed = committed
         self.submitted = committed
@@ -208,7 +209,7 @@ class Inbound:
             message = st.ready.pop(st.submitted)
             self._unbuffer(st, len(message.data))
             rows.append((st.shost, st.sport, message.token, message.kind, message.data,
-                         f"{st.sender:016x}", st.submitted, message.sent))
+                         st.sender_hex, st.submitted, message.sent))
             st.submitted += 1
 
     def _submit(self, st):

@@ -77,6 +77,8 @@ def encode_hello(port, src, dst, boot):
 
 def decode(datagram):
     """Parse and verify one datagram; raise BadDatagram with a short reason."""
+    if not isinstance(datagram, bytes):
+        datagram = bytes(datagram)  # slices below must be immutable copies
     size = len(datagram)
     if size < OVERHEAD:
         raise BadDatagram("truncated")
@@ -116,7 +118,7 @@ def _decode_data(header, datagram, pos, end):
         pos += FRAME.size
         if pos + length > end or not 0 <= frag < nfrags <= MAX_FRAGMENTS:
             raise BadDatagram("malformed frame")
-        frames.append(Frame(seq, frag, nfrags, bytes(datagram[pos:pos + length])))
+        frames.append(Frame(seq, frag, nfrags, datagram[pos:pos + length]))
         pos += length
     if not frames:
         raise BadDatagram("empty data")
