@@ -33,3 +33,34 @@ def series_problems(numbers, expected):
 def assert_exactly_once_in_order(numbers, expected, what="messages"):
     problems = series_problems(numbers, expected)
     assert not problems, f"{what}: not exactly once in order: {problems}"
+
+
+def numbers_of(rows, tag):
+    """The numbers i of data '<tag>-<i:06d>...' (str or bytes) in rows of (data,)."""
+    out = []
+    cut = len(tag) + 1
+    for (data,) in rows:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        out.append(int(data[cut:cut + 6]))
+    return out
+
+
+def handoff_problems(sender, receiver, tag, enqueued):
+    """The durable hand-off so far, for messages '<tag>-<i>' i = 1..enqueued from the
+    Daemon `sender` to the Daemon `receiver`: the receiver's mqin holds exactly 1..k in
+    order, and every row gone from the sender's mqout is among them (nothing was
+    acknowledged before it was committed). The sender is read first: its rows leave only
+    after the receiver has stored them. Returns '' when all is well."""
+    pending = set(numbers_of(sender.query(
+        "SELECT substr(data, 1, 40) FROM mqout WHERE token=?", (tag,)), tag))
+    got = numbers_of(receiver.query("SELECT substr(data, 1, 40) FROM mqin WHERE token=? "
+                                    "ORDER BY x", (tag,)), tag)
+    problems = series_problems(got, range(1, len(got) + 1))
+    if problems:
+        return f"{tag}: receiver's mqin is not 1..{len(got)}: {problems}"
+    lost = sorted(set(range(1, enqueued + 1)) - pending - set(got))
+    if lost:
+        return (f"{tag}: {len(lost)} rows left the sender's mqout but are not in the "
+                f"receiver's mqin (first {lost[:8]})")
+    return ""
