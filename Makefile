@@ -41,7 +41,7 @@ test-integration: deps-test
 	$(PYTEST) tests/integration
 
 bench: deps-test
-	$(PYTHON) -m tests.bench
+	$(PYTHON) -m tests.bench && $(PYTHON) -m tests.bench_adversity
 
 # The full chaos run (issue #4): 20,000 + 5,000 messages through lossy, duplicating,
 # reordering relays while both daemons are SIGKILLed 40 times; prints its figures.
