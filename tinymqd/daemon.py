@@ -63,7 +63,7 @@ class Daemon:
         writer = Writer(cfg.database, self.stopping)
         scheduler = Scheduler(self.stopping, cfg, node, sock, writer, boot)
         inbound = Inbound(node, cfg.port, writer, self._send, _known_senders(cfg.database),
-                          boot)
+                          boot, cfg.max_message)
         receiver = Receiver(self.stopping, sock, node, inbound, scheduler.inbox)
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (

@@ -9,16 +9,15 @@ Packet numbers are acknowledged on receipt (they steer the sender's window); onl
 committed point lets the sender delete rows.
 """
 
-import logging
 import threading
 
 from tinymqd import protocol
 
-log = logging.getLogger("tinymqd.inbound")
 
 MAX_ACK_RANGES = 32
 KEEP_RANGES = 64
 BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for out-of-order and partial messages
+MESSAGE_EXTRA = 65535 + 65535 + protocol.MESSAGE_HEAD.size  # token, sent-ts, header
 
 class RangeSet:
     """Packet numbers received, as inclusive ranges, most recent first (bounded)."""
@@ -62,14 +61,18 @@ class RangeSet:
 
 
 class Partial:
-    """Fragments of one message as they arrive."""
+    """Fragments of one message as they arrive (memory follows what arrived, not what
+    a datagram claims is coming)."""
 
-    __slots__ = ("chunks", "missing", "size")
+    __slots__ = ("nfrags", "chunks", "size")
 
     def __init__(self, nfrags):
-        self.chunks = [None] * nfrags
-        self.missing = nfrags
+        self.nfrags = nfrags
+        self.chunks = {}  # fragment index -> chunk
         self.size = 0
+
+    def join(self):
+        return b"".join(self.chunks[i] for i in range(self.nfrags))
 
 
 class InboundStream:
@@ -102,12 +105,15 @@ def display_host(addr):
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, node, port, writer, send, known, boot):
+    def __init__(self, node, port, writer, send, known, boot, max_message=16 * 1024 * 1024):
         self.node = node
         self.port = port
         self.writer = writer
         self.send = send  # send(datagram, addr)
         self.boot = boot
+        # A message is at most max_message of data plus its token and header.
+        self.message_limit = max_message + MESSAGE_EXTRA
+        self.buffer_limit = max(BUFFER_LIMIT, 2 * self.message_limit)
         self.lock = threading.Lock()
         self.streams = {}
         self.known = known  # (sender, stream) -> committed, from tinymq_rx
@@ -166,27 +172,33 @@ class Inbound:
         seq = frame.seq
         if seq < st.submitted or seq in st.ready:
             return True  # a duplicate: the acknowledgement will repeat what we have
+        # Early messages wait in memory, within a budget; the next one in order is
+        # always taken (else a full buffer could wait for it for ever).
+        room = self.buffered <= self.buffer_limit or seq == st.submitted
         if frame.nfrags == 1:  # the common case: a whole message in one frame
-            return self._complete(st, seq, frame.chunk, 0)
+            return self._complete(st, seq, frame.chunk, 0) if room else None
         part = st.partial.get(seq)
         if part is None:
-            if self.buffered > BUFFER_LIMIT and seq != st.submitted:
+            if not room:
                 return None
             part = st.partial[seq] = Partial(frame.nfrags)
-        elif len(part.chunks) != frame.nfrags:
+        elif part.nfrags != frame.nfrags:
             return False
-        if part.chunks[frame.frag] is not None:
+        if frame.frag in part.chunks:
             return True
         size = len(frame.chunk)
+        if part.size + size > self.message_limit:
+            del st.partial[seq]
+            self._unbuffer(st, part.size)
+            return False  # larger than any message we accept: not a real one
         part.chunks[frame.frag] = frame.chunk
-        part.missing -= 1
         part.size += size
         st.buffered += size
         self.buffered += size
-        if part.missing:
+        if len(part.chunks) < part.nfrags:
             return True
         del st.partial[seq]
-        return self._complete(st, seq, b"".join(part.chunks), part.size)
+        return self._complete(st, seq, part.join(), part.size)
 
     def _complete(self, st, seq, blob, buffered):
         """A whole message arrived; keep it until all earlier ones are in."""
@@ -194,8 +206,7 @@ class Inbound:
             message = protocol.decode_message(blob)
         except protocol.BadDatagram:
             self._unbuffer(st, buffered)
-            log.warning("malformed message %d from node %x dropped", seq, st.sender)
-            return False
+            return False  # counted and logged at a limited rate by the receiver
         size = len(message.data)
         st.buffered += size - buffered
         self.buffered += size - buffered
