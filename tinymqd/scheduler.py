@@ -29,6 +29,8 @@ IDLE_WAKE = 1.0  # look anyway this often (a safety net under inotify)
 # after the write and fsync), so after a wake-up keep looking for a short while.
 AFTER_WAKE = 0.1
 SCAN_BATCH = 2000
+RENUMBER_BATCH = 500  # old unnumbered rows numbered per transaction (keeps it short)
+RENUMBER_PAUSE = 0.05  # between such batches, leaving the lock to applications
 RESCAN_INTERVAL = 5.0  # look again at rows that could not be sent
 CANCEL_CHECK_INTERVAL = 0.4  # DELETE from mqout stops a delivery within a second
 RESOLVE_RETRY = (1.0, 60.0)  # first and longest wait before resolving a name again
@@ -96,6 +98,7 @@ class Scheduler(Worker):
         self.dirty = set()  # streams that may have something to load or send
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.scan_x = 0  # rows up to here have been looked at
+        self.next_rescan = 0.0  # when to look at unnumbered rows again
         self.data_version = None
         self.resolver = concurrent.futures.ThreadPoolExecutor(4, "resolver")
         self.delivered = 0
@@ -108,7 +111,7 @@ class Scheduler(Worker):
         watch = watch_directory(os.path.dirname(os.path.abspath(self.cfg.database)))
         try:
             self._restore()
-            next_rescan = next_cancel_check = poll_until = 0.0
+            next_cancel_check = poll_until = 0.0
             while not self.stopping.is_set():
                 self.beat()
                 now = time.monotonic()
@@ -126,9 +129,9 @@ class Scheduler(Worker):
                 if now >= next_cancel_check:
                     next_cancel_check = now + CANCEL_CHECK_INTERVAL
                     self._check_cancelled(now)
-                if now >= next_rescan:
-                    next_rescan = now + RESCAN_INTERVAL
-                    self._examine(self.db.execute(UNNUMBERED, (self.scan_x, SCAN_BATCH)))
+                if now >= self.next_rescan:
+                    self.next_rescan = now + RESCAN_INTERVAL
+                    self._examine(self.db.execute(UNNUMBERED, (self.scan_x, RENUMBER_BATCH)))
                     self._refresh_addresses(now)
                 self._run_timers(now)
                 self._pump(now)
@@ -211,8 +214,15 @@ class Scheduler(Worker):
                                if xs else None)
 
     def _on_renumbered(self, xs):
-        for x in xs:
-            self._examine(self.db.execute(ROWS_BY_X, (x,)).fetchall(), renumber_allowed=False)
+        rows = []
+        for start in range(0, len(xs), 500):  # SQLite's limit on bound parameters
+            part = xs[start:start + 500]
+            rows += self.db.execute(ROWS_BY_X.replace("= ?", f"IN ({','.join('?' * len(part))})")
+                                    + " ORDER BY x", part).fetchall()
+        self._examine(rows, renumber_allowed=False)
+        if len(xs) == RENUMBER_BATCH:
+            # An old backlog: number the next batch soon.
+            self.next_rescan = min(self.next_rescan, time.monotonic() + RENUMBER_PAUSE)
 
     def _learn_stream(self, stream_id):
         """A destination first seen in a new row (the trigger made its stream)."""
