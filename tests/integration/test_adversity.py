@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import db as dbmod
 from tests.support.chaos import ChaosRun, assert_clean, format_figures, seed_from_env
-from tests.support.checks import assert_exactly_once_in_order, handoff_problems
+from tests.support.checks import assert_series_delivered as complete, handoff_problems
 from tests.support.disk import SmallDisk, WriteLock, can_mount_tmpfs, cut_off_space
 from tests.support import wire
 from tests.support.observe import LogMark, matching, rss_bytes, status_number
@@ -76,18 +76,6 @@ def handoff_ok(sender, receiver, tag, enqueued):
     problems = handoff_problems(sender, receiver, tag, enqueued)
     assert not problems, problems
     return True
-
-
-def complete(sender, receiver, tag, total, timeout):
-    """Every message '<tag>-<i>' i = 1..total arrives exactly once, in order."""
-    wait_until(lambda: sender.count("mqout", "token=?", (tag,)) == 0 and
-               receiver.count("mqin", "token=?", (tag,)) >= total, timeout,
-               f"{tag}: all {total} delivered",
-               describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
-    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == total, 1.0,
-              f"{tag}: no late duplicates")
-    assert_exactly_once_in_order(dbmod.series_numbers(receiver.db, tag),
-                                 range(1, total + 1), tag)
 
 
 def ride_out(d, check):

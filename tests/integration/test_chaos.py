@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from tests.support import db as dbmod
-from tests.support.checks import assert_exactly_once_in_order
+from tests.support.checks import assert_series_delivered
 from tests.support.wait import holds_for, wait_until
 
 CHAOS = dict(loss=10, dup=5, reorder=5, delay_ms=1, jitter_ms=5)
@@ -37,13 +37,7 @@ def enqueue_mix(db, port, tag, n_small, big_every):
 
 
 def check_stream(sender, receiver, tag, total, bigs, timeout):
-    wait_until(lambda: sender.count("mqout", "token=?", (tag,)) == 0 and
-               receiver.count("mqin", "token=?", (tag,)) >= total, timeout,
-               f"{tag}: all {total} delivered",
-               describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
-    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == total, 1.0,
-              f"{tag}: no late duplicates")
-    assert_exactly_once_in_order(dbmod.series_numbers(receiver.db, tag), range(1, total + 1), tag)
+    assert_series_delivered(sender, receiver, tag, total, timeout)
     for i in bigs:
         got = receiver.query("SELECT data FROM mqin WHERE token=? AND data LIKE ?",
                              (tag, f"{tag}-{i:06d}:%"))

@@ -2,6 +2,9 @@
 
 import collections
 
+from tests.support import db as dbmod
+from tests.support.wait import holds_for, wait_until
+
 
 def series_problems(numbers, expected):
     """Describe how `numbers` (as received, in mqin order) differs from `expected` (the
@@ -64,3 +67,15 @@ def handoff_problems(sender, receiver, tag, enqueued):
         return (f"{tag}: {len(lost)} rows left the sender's mqout but are not in the "
                 f"receiver's mqin (first {lost[:8]})")
     return ""
+
+
+def assert_series_delivered(sender, receiver, tag, total, timeout):
+    """Every message '<tag>-<i>' i = 1..total arrives exactly once, in order."""
+    wait_until(lambda: sender.count("mqout", "token=?", (tag,)) == 0 and
+               receiver.count("mqin", "token=?", (tag,)) >= total, timeout,
+               f"{tag}: all {total} delivered",
+               describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
+    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == total, 1.0,
+              f"{tag}: no late duplicates")
+    assert_exactly_once_in_order(dbmod.series_numbers(receiver.db, tag),
+                                 range(1, total + 1), tag)
