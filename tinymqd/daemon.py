@@ -159,6 +159,7 @@ class Daemon:
         text = (f"sending to {figures['destinations']} destination(s)"
                 f" ({figures['unreachable']} unreachable), {figures['in_memory']} in flight;"
                 f" received {self.inbound.committed_messages};"
+                f" {self.scheduler.send_errors} send error(s);"
                 f" {self.receiver.dropped.total} bad datagram(s) dropped")
         return text.encode("latin-1", "replace").decode("latin-1")
 

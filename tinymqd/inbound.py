@@ -119,7 +119,6 @@ class Inbound:
         self.known = known  # (sender, stream) -> committed, from tinymq_rx
         self.dirty = set()
         self.buffered = 0
-        self.received_messages = 0
         self.committed_messages = 0
 
     def on_data(self, dgram, addr):
@@ -239,7 +238,6 @@ class Inbound:
                     st.committed = upto
                 self._send_ack(st)
 
-        self.received_messages += len(rows)
         # The rows and the committed point, in one transaction.
         self.writer.submit(staged={"mqin": rows, "rx": [rx]}, done=done)
 

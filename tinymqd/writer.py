@@ -56,9 +56,6 @@ class Writer(Worker):
         store.STAGED tables. All of one call is committed in the same transaction."""
         self.queue.put((staged, op, done))
 
-    def backlog(self):
-        return self.queue.qsize()
-
     def stop(self):
         self.queue.put(STOP)
 
