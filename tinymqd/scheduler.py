@@ -50,7 +50,7 @@ UNNUMBERED = f"""
 SELECT {ROW_COLUMNS} FROM mqout
 WHERE stream IS NULL AND seq IS NULL AND x <= ? ORDER BY x LIMIT ?
 """
-ROWS_BY_X = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x = ?"
+ROWS_BETWEEN = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x BETWEEN ? AND ? ORDER BY x"
 # Data longer than the limit is not even read (length() of TEXT counts characters, which
 # are never more than its bytes, so this never hides a row within the limit).
 LOAD = """
@@ -214,11 +214,9 @@ class Scheduler(Worker):
                                if xs else None)
 
     def _on_renumbered(self, xs):
-        rows = []
-        for start in range(0, len(xs), 500):  # SQLite's limit on bound parameters
-            part = xs[start:start + 500]
-            rows += self.db.execute(ROWS_BY_X.replace("= ?", f"IN ({','.join('?' * len(part))})")
-                                    + " ORDER BY x", part).fetchall()
+        wanted = set(xs)  # one batch of UNNUMBERED: ascending x, read back in one range
+        rows = [row for row in self.db.execute(ROWS_BETWEEN, (xs[0], xs[-1]))
+                if row[0] in wanted]
         self._examine(rows, renumber_allowed=False)
         if len(xs) == RENUMBER_BATCH:
             # An old backlog: number the next batch soon.
