@@ -12,6 +12,7 @@ committed point lets the sender delete rows.
 import threading
 
 from tinymqd import protocol
+from tinymqd.writer import MAX_ROWS
 
 
 MAX_ACK_RANGES = 32
@@ -223,12 +224,15 @@ class Inbound:
             st.submitted += 1
 
     def _submit(self, st):
-        """One writer operation per stream and burst of datagrams."""
-        rows = st.rows
-        if not rows:
-            return
-        st.rows = []
-        upto = st.submitted
+        """Writer operations of at most writer.MAX_ROWS rows per stream and burst of
+        datagrams (short transactions), each with its stream's committed point."""
+        rows, st.rows = st.rows, []
+        first = st.submitted - len(rows)
+        for start in range(0, len(rows), MAX_ROWS):
+            chunk = rows[start:start + MAX_ROWS]
+            self._submit_rows(st, chunk, first + start + len(chunk))
+
+    def _submit_rows(self, st, rows, upto):
         rx = (st.sender, st.stream, upto, st.shost, st.sport)
 
         def done():

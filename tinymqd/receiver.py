@@ -21,6 +21,7 @@ HEARD_INTERVAL = 0.5  # tell the scheduler a peer is alive at most this often
 
 class Receiver(Worker):
     name = "receiver"
+    nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
     def __init__(self, stopping, sock, node, inbound, scheduler_inbox):
         super().__init__(stopping)

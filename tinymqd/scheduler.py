@@ -83,6 +83,7 @@ KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
 
 class Scheduler(Worker):
     name = "scheduler"
+    nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
     def __init__(self, stopping, cfg, node, sock, writer, boot):
         super().__init__(stopping)

@@ -149,6 +149,17 @@ def _create_file(path):
     os.close(fd)
 
 
+# All staged tables are applied by one statement: inserting a row into temp.staged_apply
+# fires a TEMP trigger that runs every `apply`. The statement takes the write lock at its
+# start and commits at its end (autocommit), so the lock is held for one call into SQLite
+# only, never across a wait for Python's GIL, which the other threads hold most of the
+# time under load.
+APPLY_ALL = "INSERT INTO temp.staged_apply VALUES (1)"
+_APPLY_TRIGGER = ("CREATE TEMP TRIGGER staged_apply_all AFTER INSERT ON staged_apply BEGIN "
+                  + "; ".join(staging.apply for staging in STAGED.values())
+                  + "; DELETE FROM staged_apply; END")
+
+
 def connect(path, *, readonly=False):
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
@@ -161,6 +172,8 @@ def connect(path, *, readonly=False):
         conn.execute("PRAGMA temp_store=MEMORY")
         for staging in STAGED.values():
             conn.execute(staging.create)
+        conn.execute("CREATE TEMP TABLE staged_apply (go)")
+        conn.execute(_APPLY_TRIGGER)
     return conn
 
 

@@ -1,6 +1,7 @@
 """A worker thread that reports its liveness and takes the daemon down if it dies."""
 
 import logging
+import os
 import threading
 import time
 
@@ -15,6 +16,7 @@ class Worker(threading.Thread):
     """
 
     name = "worker"
+    nice = 0
 
     def __init__(self, stopping):
         super().__init__(name=self.name, daemon=True)
@@ -28,6 +30,7 @@ class Worker(threading.Thread):
         self.started_ok.set()
 
     def run(self):
+        self._set_priority()
         try:
             self.loop()
         except Exception as e:  # noqa: BLE001 - any escape is fatal for the daemon
@@ -38,3 +41,18 @@ class Worker(threading.Thread):
 
     def loop(self):
         raise NotImplementedError
+
+    def _set_priority(self):
+        """A thread with `nice` set runs at that much lower priority and does not preempt
+        others when it wakes up (SCHED_BATCH): the writer, at normal priority, then
+        rarely loses its CPU while it holds the database lock."""
+        if not self.nice:
+            return
+        tid = threading.get_native_id()
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            # Relative to the process's own: raising nice is always allowed.
+            os.setpriority(os.PRIO_PROCESS, tid,
+                           min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as e:  # a sandbox may forbid it: a little slower, nothing more
+            log.debug("%s thread keeps its priority: %s", self.name, e)

@@ -161,7 +161,7 @@ def test_seed_command_works_while_the_daemon_is_busy(pair):
     dbmod.enqueue_series(b.db, "127.0.0.1", a.port, "flood-in", 20000)
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "flood-out", 20000)
     failures, n = [], 0
-    while a.count("mqin", "token='flood-in'") < 20000 or n < 20:
+    while a.count("mqin", "token='flood-in'") < 20000 or n < 150:
         n += 1
         cmd = (f"echo \"INSERT into mqout (host,port,token,data) VALUES "
                f"('127.0.0.1','{b.port}','busy','busy-{n:06d}');\" | sqlite3 {a.db}")
@@ -171,14 +171,14 @@ def test_seed_command_works_while_the_daemon_is_busy(pair):
         if n >= 400:
             break
     print(f"{len(failures)} of {n} plain sqlite3 INSERTs failed under full load")
-    # Zero is not possible in principle (the daemon must take the write lock now and then).
-    # At full speed both ways on 2 cores the daemon holds the lock about 10% of the time
-    # (rows are staged outside the lock, numbered by a trigger in the application's own
-    # transaction, and moved with one statement per table); before that design it held
-    # it half the time. At most 20% of plain CLI inserts may collide under this flood;
-    # `make bench` reports the rate for the issue's scenario, and README recommends a
-    # busy timeout for heavy enqueuers.
-    assert len(failures) <= 0.20 * n, (
+    # Zero cannot be promised: the daemon must take the write lock now and then, and a
+    # CLI that opens the database just after the writer looked (lockwatch) collides if
+    # the writer loses its CPU while it holds the lock. Two daemons flooding each other
+    # on this 2-core machine is the worst case: about 2-8% of plain inserts fail here
+    # (12-26% before transactions were capped at MAX_ROWS and made to wait for other
+    # processes' INSERTs). `make bench` reports the rate for the issue's scenario, and
+    # README recommends a busy timeout for heavy enqueuers.
+    assert len(failures) <= 0.15 * n, (
         f"{len(failures)} of {n} plain sqlite3 INSERTs (no busy timeout, the seed's form) "
         f"failed while the daemon was busy, e.g. {failures[0]!r}")
     ok = n - len(failures)
