@@ -1,11 +1,12 @@
 """The SQLite writer thread: the only code that writes, many operations per transaction.
 
 Other threads submit rows for the staged tables of store.STAGED and, rarely, operations
-(callables taking the connection), each with an optional `done` callback. One batch is
-one transaction, and it holds the database lock as briefly as we can make it, because
-applications insert with the sqlite3 CLI, which waits for no lock:
+(callables taking the connection), each with an optional `done` callback. The writer
+takes what has queued up as one batch and holds the database lock as briefly as we can
+make it, because applications insert with the sqlite3 CLI, which waits for no lock:
+- the batch is written as transactions of whole submissions and about MAX_ROWS rows
+  each, so each hold of the lock is short;
 - rows are first copied into in-memory TEMP tables, outside the lock;
-- a transaction carries about MAX_ROWS rows, so each hold of the lock is short;
 - just before taking the lock, the writer waits while another process is between
   opening the database and its own INSERT (lockwatch), so that INSERT goes first;
 - one statement moves them all (store.APPLY_ALL), as its own transaction: the lock is
@@ -13,10 +14,11 @@ applications insert with the sqlite3 CLI, which waits for no lock:
   tables are emptied after COMMIT, again outside the lock (rare operations given as
   callables share a BEGIN IMMEDIATE transaction with it instead);
 - COMMIT runs with synchronous=NORMAL, which releases the lock without waiting for the
-  disk; the writer then syncs the WAL file itself, outside the lock.
+  disk; after the batch's last transaction the writer syncs the WAL file itself, once,
+  outside the lock.
 Callbacks run only after that sync, so an acknowledgement never precedes the durable
 write. A locked database, a full disk or an I/O error is waited out (logged once), never
-half-applied: the whole batch is retried.
+half-applied: the failed transaction is retried whole.
 """
 
 import logging
@@ -33,6 +35,7 @@ log = logging.getLogger("tinymqd.writer")
 MAX_BATCH = 1000
 # Rows per transaction, roughly (a bigger submission goes whole): about 0.2 ms of work
 # in the lock, less than the sqlite3 CLI needs from opening the database to its INSERT.
+# A batch of submissions is written as several such transactions and one WAL sync.
 MAX_ROWS = 128
 # Under load, start a transaction at most this often. An idle writer starts at once, so
 # a single message is not delayed.
@@ -83,10 +86,11 @@ class Writer(Worker):
                 batch, stop = self._drain(first)
                 if batch:
                     try:
-                        self._commit(conn, batch, others)
+                        for transaction in _transactions(batch):
+                            self._commit(conn, transaction, others)
                     except Abandoned:
-                        log.warning("stopping with %d unwritten operations; nothing of "
-                                    "them was acknowledged, peers will resend", len(batch))
+                        log.warning("stopping with %d operations not yet acknowledged; "
+                                    "peers will resend them", len(batch))
                         return
                     self._last_commit = time.monotonic()
                     self._sync_wal()
@@ -131,14 +135,12 @@ class Writer(Worker):
 
     def _drain(self, first):
         batch = []
-        rows = 0
         item = first
         while True:
             if item is STOP:
                 return batch, True
             batch.append(item)
-            rows += sum(map(len, (item[0] or {}).values()))
-            if len(batch) >= MAX_BATCH or rows >= MAX_ROWS:
+            if len(batch) >= MAX_BATCH:
                 return batch, False
             try:
                 item = self.queue.get_nowait()
@@ -189,6 +191,19 @@ class Writer(Worker):
                 self.beat()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+
+def _transactions(batch):
+    """Split a batch into runs of whole submissions of about MAX_ROWS rows each."""
+    run, rows = [], 0
+    for item in batch:
+        run.append(item)
+        rows += sum(map(len, (item[0] or {}).values()))
+        if rows >= MAX_ROWS:
+            yield run
+            run, rows = [], 0
+    if run:
+        yield run
 
 
 class SyncFailed(Exception):
