@@ -1,4 +1,5 @@
-"""The command line: tinymqd [-c FILE] [--check-config] [--version] [PORT [DATABASE]]."""
+"""The command line: tinymqd [-c FILE] [--check-config] [--create-db] [--version]
+[PORT [DATABASE]]."""
 
 import argparse
 import sys
@@ -17,6 +18,10 @@ def parse_args(argv):
                         help=f"config file (default: {config.DEFAULT_CONFIG_FILE} if it exists)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit (0: valid, 78: not)")
+    parser.add_argument("--create-db", action="store_true",
+                        help="create the database and its tables when missing, then exit "
+                             "(the package does this on install, so that applications can "
+                             "enqueue before the daemon first runs)")
     parser.add_argument("--version", action="version", version=f"tinymqd {__version__}")
     parser.add_argument("port", nargs="?", metavar="PORT",
                         help="UDP port to listen on (overrides the config file)")
@@ -34,6 +39,15 @@ def main(argv=None):
         return EX_CONFIG
     if args.check_config:
         print(f"{cfg.source}: configuration is valid")
+        return 0
+    if args.create_db:
+        from tinymqd import store
+        try:
+            store.initialize(cfg.database)
+        except store.StoreError as e:
+            logsetup.fatal(str(e))
+            return 1
+        print(f"{cfg.database}: tables ready")
         return 0
     from tinymqd.daemon import Daemon  # after validation: --check-config needs no more
 

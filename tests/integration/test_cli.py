@@ -85,6 +85,31 @@ def test_check_config_with_short_option(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+# -- --create-db ------------------------------------------------------------------------
+def test_create_db_makes_the_tables_so_the_seed_insert_works_before_the_daemon_ran(tmp_path):
+    path = write_yaml(tmp_path / "good.yaml", good_config(tmp_path))
+    db = tmp_path / "t.db"
+    proc = run_tinymqd(["--create-db", "--config", path])
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    insert = subprocess.run(
+        ["sqlite3", str(db), "INSERT into mqout (host,port,token,data) "
+                             "VALUES ('127.0.0.1','9000','token','early');"],
+        capture_output=True, text=True, timeout=30)
+    assert insert.returncode == 0 and not insert.stderr, insert.stderr
+    # The row is numbered on insert: the daemon's triggers are there too.
+    assert dbmod.query(db, "SELECT data, seq FROM mqout") == [("early", 1)]
+    assert run_tinymqd(["--create-db", "--config", path]).returncode == 0  # idempotent
+    assert dbmod.query(db, "SELECT count(*) FROM mqout") == [(1,)]
+
+
+def test_create_db_that_cannot_be_made_is_one_clear_line(tmp_path):
+    missing = tmp_path / "no" / "such" / "dir" / "t.db"
+    proc = run_bad(["--create-db", "9000", str(missing)])
+    assert proc.returncode not in (0, EX_CONFIG)
+    assert_one_clean_line(proc, missing)
+
+
 BAD_CONFIGS = [
     # id, change to a good config (None value = delete key), key that must be named
     ("unknown-key", {"prot": 9000}, "prot"),
