@@ -104,10 +104,20 @@ STAGED = {
 # has to rewrite the rows applications insert (its transactions stay short). A row whose
 # host or port cannot be used stays unnumbered; so does a row whose host or port an
 # application changes to unusable values (a changed row is numbered afresh).
-_DEST_HOST = "trim(NEW.host, ' []')"
-_DEST_PORT = "coalesce(NEW.port, 9000)"
-_USABLE = (f"{_DEST_HOST} <> '' AND (NEW.port IS NULL OR "
-           f"(typeof(NEW.port) = 'integer' AND NEW.port BETWEEN 1 AND 65535))")
+def _dest_host(row):
+    return f"trim({row}.host, ' []')"
+
+
+def _dest_port(row):
+    return f"coalesce({row}.port, 9000)"
+
+
+def _usable(row):
+    return (f"{_dest_host(row)} <> '' AND ({row}.port IS NULL OR "
+            f"(typeof({row}.port) = 'integer' AND {row}.port BETWEEN 1 AND 65535))")
+
+
+_DEST_HOST, _DEST_PORT, _USABLE = _dest_host("NEW"), _dest_port("NEW"), _usable("NEW")
 _NUMBER = f"""
     INSERT INTO tinymq_streams (host, port, next_seq) VALUES ({_DEST_HOST}, {_DEST_PORT}, 1)
         ON CONFLICT (host, port) DO NOTHING;
@@ -127,6 +137,26 @@ TRIGGERS = {
     "tinymq_unusable_changed": (f"AFTER UPDATE OF host, port ON mqout WHEN NOT ({_USABLE}) "
                                 f"BEGIN {_UNNUMBER} END"),
 }
+
+# Rows that were in mqout before the triggers were made (a database an application or
+# the old Perl tinymq filled before tinymqd first ran) are numbered at start, in x order
+# and all at once, so that rows inserted later come after them.
+_OLD = f"m.stream IS NULL AND m.last_error IS NULL AND {_usable('m')}"
+NUMBER_OLD_ROWS = (
+    f"""INSERT INTO tinymq_streams (host, port, next_seq)
+        SELECT DISTINCT {_dest_host('m')}, {_dest_port('m')}, 1 FROM mqout AS m WHERE {_OLD}
+        ON CONFLICT (host, port) DO NOTHING""",
+    f"""WITH old AS (
+            SELECT m.x AS x, s.id AS stream,
+                   s.next_seq - 1 + row_number() OVER (PARTITION BY s.id ORDER BY m.x) AS seq
+            FROM mqout AS m JOIN tinymq_streams AS s
+                ON s.host = {_dest_host('m')} AND s.port = {_dest_port('m')}
+            WHERE {_OLD})
+        UPDATE mqout SET stream = old.stream, seq = old.seq FROM old WHERE mqout.x = old.x""",
+    """UPDATE tinymq_streams SET next_seq = (
+            SELECT max(seq) + 1 FROM mqout WHERE stream = tinymq_streams.id)
+        WHERE next_seq <= (SELECT max(seq) FROM mqout WHERE stream = tinymq_streams.id)""",
+)
 
 # Columns the daemon owns in mqout; added to tables made by an older version.
 DAEMON_COLUMNS = {"last_error": "TEXT", "stream": "INTEGER", "seq": "INTEGER"}
@@ -196,6 +226,8 @@ def initialize(path):
             for name, body in TRIGGERS.items():  # always the current definition
                 conn.execute(f"DROP TRIGGER IF EXISTS {name}")
                 conn.execute(f"CREATE TRIGGER {name} {body}")
+            for statement in NUMBER_OLD_ROWS:
+                conn.execute(statement)
             node = _node_id(conn)
             conn.execute("COMMIT")
         finally:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.support import db as dbmod
+from tests.support.checks import assert_series_delivered
 from tests.support.daemon import REPO, run_tinymqd
 from tests.support.ports import free_udp_port
 from tests.support.wait import wait_until
@@ -301,6 +302,27 @@ def test_existing_database_with_application_tables_is_kept(make_daemon):
     a.start()
     assert a.query("SELECT * FROM app") == [("keep", "me")]
     assert {"mqout", "mqin"} <= dbmod.tables(a.db)
+    a.stop()
+
+
+def test_rows_queued_before_tinymqd_first_ran_go_first_in_order(make_daemon, start_daemon):
+    """A database an application (or the old Perl tinymq) filled before tinymqd ever ran:
+    its rows are delivered, and rows inserted after start follow them, in x order."""
+    b = start_daemon("b")
+    a = make_daemon("a")
+    con = sqlite3.connect(a.db)
+    con.executescript(
+        "CREATE TABLE mqout (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,"
+        " host TEXT, port INTEGER, token TEXT, data);"
+        "CREATE TABLE mqin (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,"
+        " shost TEXT, sport INTEGER, token TEXT, data);")
+    con.close()
+    dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "legacy", 3000)
+    dbmod.sqlite_cli(a.db, "INSERT INTO mqout (host, port, token, data) VALUES ('', 1, 'bad', 'x');")
+    a.start()
+    dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "legacy", 1000, start=3001)
+    assert_series_delivered(a, b, "legacy", 4000, 60)
+    assert a.query("SELECT token, last_error IS NOT NULL FROM mqout") == [("bad", 1)]
     a.stop()
 
 
