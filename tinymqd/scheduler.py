@@ -12,6 +12,7 @@ and address resolution.
 import concurrent.futures
 import datetime
 import heapq
+import json
 import logging
 import os
 import time
@@ -29,8 +30,8 @@ IDLE_WAKE = 1.0  # look anyway this often (a safety net under inotify)
 # after the write and fsync), so after a wake-up keep looking for a short while.
 AFTER_WAKE = 0.1
 SCAN_BATCH = 2000
-RENUMBER_BATCH = 500  # old unnumbered rows numbered per transaction (keeps it short)
-RENUMBER_PAUSE = 0.05  # between such batches, leaving the lock to applications
+RENUMBER_BATCH = 128  # old unnumbered rows numbered per transaction (keeps it short)
+RENUMBER_PAUSE = 0.01  # between such batches
 RESCAN_INTERVAL = 5.0  # look again at rows that could not be sent
 CANCEL_CHECK_INTERVAL = 0.4  # DELETE from mqout stops a delivery within a second
 RESOLVE_RETRY = (1.0, 60.0)  # first and longest wait before resolving a name again
@@ -58,11 +59,15 @@ SELECT seq, x, typeof(data), CASE WHEN length(data) > ?5 THEN NULL ELSE data END
        length(data), token, ts FROM mqout
 WHERE stream = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq LIMIT ?4
 """
-ROW_ERROR = "UPDATE mqout SET last_error = ? WHERE x = ? AND stream IS NULL"
+# Rows are named by a JSON list of x: one statement, so the writer holds the lock for a
+# single call into SQLite (see writer.py).
+ROW_ERROR = ("UPDATE mqout SET last_error = ? "
+             "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # Takes a row out of its stream (a gap, like a cancel) and says why.
 UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL, last_error = ? WHERE x = ?"
 # Numbers a usable row that has none (the trigger does it): an older row, or one fixed.
-RENUMBER = "UPDATE mqout SET host = host WHERE x = ? AND stream IS NULL"
+RENUMBER = ("UPDATE mqout SET host = host "
+            "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # A destination's trouble is written to the first ERROR_ROWS rows waiting for it (the ones
 # not moving), bounded so that a backlog of a million rows costs no more than a few.
 STREAM_ERROR = """
@@ -185,7 +190,7 @@ class Scheduler(Worker):
 
     def _examine(self, rows, renumber_allowed=True):
         """Learn the numbered rows' streams; mark or number the others."""
-        errors, renumber, touched = [], [], {}
+        errors, renumber, touched = {}, [], {}
         for x, stream, seq, host, port, last_error, size, token_size in rows:
             if stream is not None:
                 st = self.streams.get(stream) or self._learn_stream(stream)
@@ -197,9 +202,9 @@ class Scheduler(Worker):
                        or _size_problem(None, size, token_size, self.cfg.max_message))
             if problem is None:
                 if renumber_allowed:
-                    renumber.append((x,))
+                    renumber.append(x)
             elif last_error != problem.encode():
-                errors.append((problem, x))
+                errors.setdefault(problem, []).append(x)
         for st in touched.values():
             self._need_address(st)
             if st.error_shown and st.assigned - 1 < st.base + ERROR_ROWS:
@@ -207,12 +212,13 @@ class Scheduler(Worker):
             self.dirty.add(st)
         if errors or renumber:
             def write(conn):
-                conn.executemany(ROW_ERROR, errors)
-                conn.executemany(RENUMBER, renumber)
+                for problem, xs in errors.items():
+                    conn.execute(ROW_ERROR, (problem, json.dumps(xs)))
+                if renumber:
+                    conn.execute(RENUMBER, (json.dumps(renumber),))
 
-            xs = [x for (x,) in renumber]
-            self.writer.submit(write, (lambda: self.inbox.put(("renumbered", xs)))
-                               if xs else None)
+            self.writer.submit(write, (lambda: self.inbox.put(("renumbered", renumber)))
+                               if renumber else None)
 
     def _on_renumbered(self, xs):
         wanted = set(xs)  # one batch of UNNUMBERED: ascending x, read back in one range

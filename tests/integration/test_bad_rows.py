@@ -89,3 +89,30 @@ def test_port_as_string_digits_is_fine(pair):
                describe=lambda: f"{a.query('SELECT port, last_error FROM mqout')}")
     a.stop()
     b.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_row_the_application_fixes_is_delivered(make_daemon):
+    """UPDATE of host, port or data makes a kept row sendable: it then goes, once."""
+    a = make_daemon("a", max_message=SMALL_MAX).start()
+    b = make_daemon("b").start()
+    rows = {"fix-host": ("''", b.port, "'fix-host'"),
+            "fix-port": ("'127.0.0.1'", "'abc'", "'fix-port'"),
+            "fix-size": ("'127.0.0.1'", b.port, f"zeroblob({SMALL_MAX + 1})")}
+    for token, (host, port, data) in rows.items():
+        dbmod.sqlite_cli(a.db, f"INSERT INTO mqout (host,port,token,data) "
+                               f"VALUES ({host},{port},'{token}',{data});")
+    wait_until(lambda: a.count("mqout", "last_error IS NOT NULL") == 3, 10,
+               "every bad row has last_error",
+               describe=lambda: f"{a.query('SELECT token, last_error FROM mqout')}")
+    dbmod.sqlite_cli(a.db, "UPDATE mqout SET host = '127.0.0.1' WHERE token = 'fix-host';"
+                           f"UPDATE mqout SET port = {b.port} WHERE token = 'fix-port';"
+                           "UPDATE mqout SET data = 'fix-size' WHERE token = 'fix-size';")
+    wait_until(lambda: a.count("mqout") == 0 and b.count("mqin") == 3, 20,
+               "the fixed rows delivered",
+               describe=lambda: f"{a.query('SELECT token, stream, seq, last_error FROM mqout')}")
+    assert sorted(b.query("SELECT token, data FROM mqin")) == [
+        ("fix-host", "fix-host"), ("fix-port", "fix-port"), ("fix-size", "fix-size")]
+    holds_for(lambda: b.count("mqin") == 3, 1.0, "no duplicates")
+    a.stop()
+    b.stop()
