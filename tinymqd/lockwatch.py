@@ -2,17 +2,20 @@
 
 The sqlite3 CLI sets no busy timeout, so its INSERT fails at once if the daemon holds the
 write lock at that moment. But a CLI process holds SQLite's SHARED lock on the database
-file from its very first read (a millisecond or so before it asks for the write lock)
-until it exits. The writer looks for such a lock held by another process (F_GETLK: one
-system call, no lock taken) and, while it sees one, waits before taking the write lock.
+file from its very first read (a fraction of a millisecond or more before it asks for
+the write lock) until it exits. The writer looks for such locks held by other processes
+and, while it sees one, waits before taking the write lock.
 
 A process that keeps the database open for long (a consumer with a persistent
 connection, an interactive shell) holds that lock all the time; after RESIDENT_AFTER the
-writer stops waiting for it. Such programs should set a busy timeout (Python's sqlite3
-module waits 5 s by default).
+writer stops waiting for it, but still waits for the short-lived ones beside it. Such
+long-lived programs should set a busy timeout (Python's sqlite3 module waits 5 s by
+default).
 
-The lock layout is SQLite's documented file-locking protocol: SHARED locks are read locks
-on the 510 bytes after the PENDING byte (offset 0x40000000) plus 2.
+Who holds the lock: /proc/locks lists every holder. Where it cannot be read, F_GETLK
+names one of them (the oldest), which hides short-lived processes behind a long-lived
+one. The lock layout is SQLite's documented file-locking protocol: SHARED locks are read
+locks on the 510 bytes after the PENDING byte (offset 0x40000000) plus 2.
 """
 
 import fcntl
@@ -23,6 +26,7 @@ import time
 SHARED_FIRST = 0x40000000 + 2
 SHARED_SIZE = 510
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (64-bit offsets)
+PROC_LOCKS = "/proc/locks"
 
 POLL = 0.0002  # how often to look again while another process is in its transaction
 MAX_WAIT = 0.05  # never wait longer than this in one go
@@ -36,14 +40,37 @@ class OtherConnections:
     descriptor of a file drops all of this process's POSIX locks on it, SQLite's too.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, proc_locks=PROC_LOCKS):
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._first_seen = {}  # pid -> when it was first seen, this time round
-        self._resident = set()
+        st = os.fstat(self._fd)
+        # How /proc/locks names the file: major:minor:inode, then the locked range.
+        self._lock_id = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+                         f"{SHARED_FIRST} ").encode()
+        self._proc_locks = proc_locks
+        self._own = os.getpid()
+        self._first_seen = {}  # pid -> when it was first seen, while it stays
 
-    def holder(self):
-        """The pid of another process holding a SHARED lock, or None (0: a process in
-        another pid namespace)."""
+    def holders(self):
+        """The pids of other processes holding a SHARED lock (0: a process in another
+        pid namespace)."""
+        pids = set()
+        try:
+            with open(self._proc_locks, "rb") as f:
+                table = f.read()
+        except OSError:
+            table = b""
+        for line in table.splitlines():
+            if self._lock_id in line and b"->" not in line:  # "->": waiting, not holding
+                pids.add(int(line.split()[4]))
+        if self._own in pids:
+            return pids - {self._own}
+        # Our own connections hold the lock too: not listed means the table is not
+        # readable here or names the file differently. One holder is all we can know.
+        pid = self.oldest_holder()
+        return set() if pid is None else {pid}
+
+    def oldest_holder(self):
+        """F_GETLK: the pid of one other process holding a SHARED lock, or None."""
         probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, SHARED_FIRST, SHARED_SIZE, 0)
         kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(self._fd, fcntl.F_GETLK, probe))
         return None if kind == fcntl.F_UNLCK else pid
@@ -52,21 +79,16 @@ class OtherConnections:
         """Wait while a short-lived connection of another process is open (at most
         MAX_WAIT); return the seconds waited."""
         start = now = time.monotonic()
-        while now - start < MAX_WAIT:
-            pid = self.holder()
-            if pid is None:
-                self._first_seen.clear()  # nobody there: every pid seen later is new
-                self._resident.clear()
-                break
-            if pid in self._resident:
-                break
-            first = self._first_seen.setdefault(pid, now)
-            if now - first >= RESIDENT_AFTER:
-                self._resident.add(pid)
-                break
+        while True:
+            pids = self.holders()
+            for gone in self._first_seen.keys() - pids:
+                del self._first_seen[gone]
+            short_lived = [pid for pid in pids
+                           if now - self._first_seen.setdefault(pid, now) < RESIDENT_AFTER]
+            if not short_lived or now - start >= MAX_WAIT:
+                return now - start
             time.sleep(POLL)
             now = time.monotonic()
-        return now - start
 
     def close(self):
         """Only after every SQLite connection of this process to the file is closed."""

@@ -1,4 +1,4 @@
-"""lockwatch: the writer sees a real sqlite3 CLI process that has the database open."""
+"""lockwatch: the writer sees real sqlite3 CLI processes that have the database open."""
 
 import subprocess
 import time
@@ -9,13 +9,16 @@ from tests.support.wait import wait_until
 from tinymqd import lockwatch, store
 
 
-@pytest.fixture
-def db(tmp_path):
+@pytest.fixture(params=["proc-locks", "f-getlk"])
+def db(request, tmp_path):
+    """The database, this process's own connection to it, and a watch on it: reading
+    /proc/locks, or (where that cannot be read) asking the kernel with F_GETLK."""
     path = str(tmp_path / "q.db")
     store.initialize(path)
     conn = store.connect(path)  # this process's own connection: never counts
     conn.execute("SELECT count(*) FROM mqout").fetchone()
-    watch = lockwatch.OtherConnections(path)
+    source = lockwatch.PROC_LOCKS if request.param == "proc-locks" else str(tmp_path / "none")
+    watch = lockwatch.OtherConnections(path, proc_locks=source)
     yield path, watch
     conn.close()
     watch.close()
@@ -38,13 +41,13 @@ def close_shell(shell):
 
 def test_sees_another_process_and_not_its_own_connections(db):
     path, watch = db
-    assert watch.holder() is None
+    assert watch.holders() == set()
     shell = open_shell(path)
     try:
-        assert watch.holder() == shell.pid
+        assert watch.holders() == {shell.pid}
     finally:
         close_shell(shell)
-    assert watch.holder() is None
+    assert watch.holders() == set()
 
 
 def test_does_not_wait_when_alone(db):
@@ -52,35 +55,61 @@ def test_does_not_wait_when_alone(db):
     assert watch.wait_until_alone() < lockwatch.MAX_WAIT / 2
 
 
-def test_waits_for_a_short_lived_connection_to_finish(db):
-    path, watch = db
+def waits_for_a_short_lived_shell(path, watch):
     shell = open_shell(path)
     t0 = time.monotonic()
     shell.stdin.write(".shell sleep 0.02\n")  # keeps the database open 20 ms more, then exits
     shell.stdin.close()
     waited = watch.wait_until_alone()
     assert shell.wait(10) == 0
-    assert watch.holder() is None
     # It waited for the shell, and returned once it had gone (not after the full MAX_WAIT).
     assert 0.01 <= waited < lockwatch.MAX_WAIT, waited
     assert time.monotonic() - t0 >= 0.015
+
+
+def test_waits_for_a_short_lived_connection_to_finish(db):
+    path, watch = db
+    waits_for_a_short_lived_shell(path, watch)
+    assert watch.holders() == set()
+
+
+def stop_waiting_for(shell, watch):
+    waits = []
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        waits.append(watch.wait_until_alone())
+        if waits[-1] < 0.001:
+            break
+    # Each wait is bounded, and after RESIDENT_AFTER the writer stops waiting.
+    assert max(waits) <= lockwatch.MAX_WAIT + 0.02, waits
+    assert sum(waits) >= lockwatch.RESIDENT_AFTER * 0.9, waits
+    assert waits[-1] < 0.001, waits
+    assert shell.pid in watch.holders()
 
 
 def test_stops_waiting_for_a_connection_that_stays_open(db):
     path, watch = db
     shell = open_shell(path)
     try:
-        waits = []
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            waits.append(watch.wait_until_alone())
-            if waits[-1] < 0.001:
-                break
-        # Each wait is bounded, and after RESIDENT_AFTER the writer stops waiting.
-        assert max(waits) <= lockwatch.MAX_WAIT + 0.02, waits
-        assert sum(waits) >= lockwatch.RESIDENT_AFTER * 0.9, waits
-        assert waits[-1] < 0.001, waits
-        assert watch.holder() == shell.pid
+        stop_waiting_for(shell, watch)
     finally:
         close_shell(shell)
-    wait_until(lambda: watch.holder() is None, 5, "the shell's locks released")
+    wait_until(lambda: watch.holders() == set(), 5, "the shell's locks released")
+
+
+def test_still_waits_for_a_short_lived_one_beside_a_long_lived_one(tmp_path):
+    """Needs /proc/locks: F_GETLK names only the oldest holder."""
+    path = str(tmp_path / "q.db")
+    store.initialize(path)
+    conn = store.connect(path)
+    conn.execute("SELECT count(*) FROM mqout").fetchone()
+    watch = lockwatch.OtherConnections(path)
+    resident = open_shell(path)
+    try:
+        stop_waiting_for(resident, watch)
+        waits_for_a_short_lived_shell(path, watch)
+        assert watch.holders() == {resident.pid}
+    finally:
+        close_shell(resident)
+        conn.close()
+        watch.close()
