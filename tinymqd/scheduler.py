@@ -30,8 +30,12 @@ IDLE_WAKE = 1.0  # look anyway this often (a safety net under inotify)
 # after the write and fsync), so after a wake-up keep looking for a short while.
 AFTER_WAKE = 0.1
 SCAN_BATCH = 2000
-RENUMBER_BATCH = 128  # old unnumbered rows numbered per transaction (keeps it short)
+RENUMBER_BATCH = 128  # unnumbered rows looked at, and numbered, per transaction
 RENUMBER_PAUSE = 0.01  # between such batches
+# Rows from before tinymqd (store.py) are numbered this many per transaction (about
+# 0.5 ms in the lock), with a pause between, so applications' INSERTs rarely meet it.
+OLD_ROWS_BATCH = 64
+OLD_ROWS_PAUSE = 0.004
 RESCAN_INTERVAL = 5.0  # look again at rows that could not be sent
 CANCEL_CHECK_INTERVAL = 0.4  # DELETE from mqout stops a delivery within a second
 RESOLVE_RETRY = (1.0, 60.0)  # first and longest wait before resolving a name again
@@ -49,7 +53,7 @@ ROW_COLUMNS = ("x, stream, seq, host, port, last_error, CASE WHEN stream IS NULL
 NEW_ROWS = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x > ? ORDER BY x LIMIT ?"
 UNNUMBERED = f"""
 SELECT {ROW_COLUMNS} FROM mqout
-WHERE stream IS NULL AND seq IS NULL AND x <= ? ORDER BY x LIMIT ?
+WHERE stream IS NULL AND seq IS NULL AND x > ? AND x <= ? ORDER BY x LIMIT ?
 """
 ROWS_BETWEEN = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x BETWEEN ? AND ? ORDER BY x"
 # Data longer than the limit is not even read (length() of TEXT counts characters, which
@@ -105,6 +109,10 @@ class Scheduler(Worker):
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.scan_x = 0  # rows up to here have been looked at
         self.next_rescan = 0.0  # when to look at unnumbered rows again
+        self.rescan_after = 0  # ... from the row after this x
+        self.old_rows_after = None  # rows from before tinymqd wait for numbers after this x
+        self.old_rows_busy = False
+        self.old_rows_next = 0.0  # when to number the next chunk of them
         self.data_version = None
         self.resolver = concurrent.futures.ThreadPoolExecutor(4, "resolver")
         self.delivered = 0
@@ -124,6 +132,8 @@ class Scheduler(Worker):
                 wait = IDLE_WAKE if watch and now > poll_until else POLL_INTERVAL
                 if self.timers:
                     wait = min(wait, self.timers[0][0] - now)
+                if self.old_rows_after is not None and not self.old_rows_busy:
+                    wait = min(wait, self.old_rows_next - now)
                 if self.dirty or self.data_version is None:
                     wait = 0
                 if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
@@ -135,9 +145,13 @@ class Scheduler(Worker):
                 if now >= next_cancel_check:
                     next_cancel_check = now + CANCEL_CHECK_INTERVAL
                     self._check_cancelled(now)
+                if (self.old_rows_after is not None and not self.old_rows_busy
+                        and now >= self.old_rows_next):
+                    self._number_old_rows()
                 if now >= self.next_rescan:
                     self.next_rescan = now + RESCAN_INTERVAL
-                    self._examine(self.db.execute(UNNUMBERED, (self.scan_x, RENUMBER_BATCH)))
+                    if self.old_rows_after is None:
+                        self._rescan_unnumbered(now)
                     self._refresh_addresses(now)
                 self._run_timers(now)
                 self._pump(now)
@@ -164,8 +178,12 @@ class Scheduler(Worker):
                 self._need_address(st)
                 self.dirty.add(st)
         # Numbered rows are covered by the streams' counters; unnumbered ones by the
-        # periodic look at them (which runs first thing).
+        # periodic look at them (which runs first thing), or by numbering the rows that
+        # were there before tinymqd.
         (self.scan_x,) = self.db.execute("SELECT coalesce(max(x), 0) FROM mqout").fetchone()
+        if not store.numbering_ready(self.db):
+            self.old_rows_after = 0
+            log.info("numbering the rows queued before tinymqd first ran, in the order of x")
 
     def _add_stream(self, stream_id, host, port, next_seq):
         if isinstance(host, bytes):
@@ -201,7 +219,7 @@ class Scheduler(Worker):
             problem = (_row_problem(host, port)
                        or _size_problem(None, size, token_size, self.cfg.max_message))
             if problem is None:
-                if renumber_allowed:
+                if renumber_allowed and self.old_rows_after is None:
                     renumber.append(x)
             elif last_error != problem.encode():
                 errors.setdefault(problem, []).append(x)
@@ -225,9 +243,48 @@ class Scheduler(Worker):
         rows = [row for row in self.db.execute(ROWS_BETWEEN, (xs[0], xs[-1]))
                 if row[0] in wanted]
         self._examine(rows, renumber_allowed=False)
-        if len(xs) == RENUMBER_BATCH:
-            # An old backlog: number the next batch soon.
-            self.next_rescan = min(self.next_rescan, time.monotonic() + RENUMBER_PAUSE)
+
+    def _rescan_unnumbered(self, now):
+        """Look at the next batch of unnumbered rows: mark the bad, number the fixed."""
+        rows = self.db.execute(UNNUMBERED, (self.rescan_after, self.scan_x,
+                                            RENUMBER_BATCH)).fetchall()
+        self._examine(rows)
+        if len(rows) == RENUMBER_BATCH:  # more of them: the next batch soon
+            self.rescan_after = rows[-1][0]
+            self.next_rescan = now + RENUMBER_PAUSE
+        else:
+            self.rescan_after = 0
+
+    def _number_old_rows(self):
+        """The next chunk of rows from before tinymqd (store.py); the last one also
+        makes new rows numbered as they are inserted."""
+        after = self.old_rows_after
+        xs = [x for (x,) in self.db.execute(store.OLD_ROWS, (after, OLD_ROWS_BATCH))]
+        last = len(xs) < OLD_ROWS_BATCH
+        self.old_rows_busy = True
+
+        def done():
+            self.inbox.put(("old_rows_numbered", after, xs[-1] if xs else after, last))
+
+        if last:
+            self.writer.submit(store.finish_old_rows, done)
+        else:
+            self.writer.submit(staged={"old_rows": [(xs[0], xs[-1])]}, done=done)
+
+    def _on_old_rows_numbered(self, after, upto, last):
+        self.old_rows_busy = False
+        self.old_rows_next = time.monotonic() + OLD_ROWS_PAUSE
+        if last:
+            upto = self.scan_x  # the last transaction numbered all that was left
+        # These rows, and the unusable rows among and before them.
+        self._examine(self.db.execute(ROWS_BETWEEN, (after + 1, upto)).fetchall(),
+                      renumber_allowed=False)
+        self.old_rows_after = upto
+        if last:
+            self.old_rows_after = None
+            self.next_rescan = 0.0  # the rows after the last of them
+            log.info("the rows queued before tinymqd first ran are numbered; new rows "
+                     "are numbered as they are inserted")
 
     def _learn_stream(self, stream_id):
         """A destination first seen in a new row (the trigger made its stream)."""

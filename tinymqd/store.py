@@ -138,25 +138,63 @@ TRIGGERS = {
                                 f"BEGIN {_UNNUMBER} END"),
 }
 
-# Rows that were in mqout before the triggers were made (a database an application or
-# the old Perl tinymq filled before tinymqd first ran) are numbered at start, in x order
-# and all at once, so that rows inserted later come after them.
-_OLD = f"m.stream IS NULL AND m.last_error IS NULL AND {_usable('m')}"
-NUMBER_OLD_ROWS = (
+# Rows that were in mqout before the numbering triggers existed (a database an
+# application or the old Perl tinymq filled before tinymqd first ran). While any is
+# left, the numbering triggers stay away, so rows inserted meanwhile wait unnumbered
+# too, and the scheduler numbers them all, lowest x first, a small chunk per
+# transaction (staged "old_rows"); the transaction that numbers the last of them creates
+# the triggers (finish_old_rows). Every row thus gets its number in x order, and
+# start-up does not wait.
+NUMBERING = ("tinymq_number_new", "tinymq_number_changed")
+_OLD = f"m.stream IS NULL AND m.seq IS NULL AND m.last_error IS NULL AND {_usable('m')}"
+OLD_ROWS = f"SELECT m.x FROM mqout AS m WHERE {_OLD} AND m.x > ? ORDER BY m.x LIMIT ?"
+# Numbers the old rows with x in [lo, hi] of temp.staged_old_rows, per destination in x
+# order after the stream's last number (no WITH clause: these also run in a trigger).
+_OLD_IN_CHUNK = (f"FROM temp.staged_old_rows AS o JOIN mqout AS m ON m.x BETWEEN o.lo AND o.hi "
+                 f"WHERE {_OLD}")
+_NUMBER_OLD = (
     f"""INSERT INTO tinymq_streams (host, port, next_seq)
-        SELECT DISTINCT {_dest_host('m')}, {_dest_port('m')}, 1 FROM mqout AS m WHERE {_OLD}
-        ON CONFLICT (host, port) DO NOTHING""",
-    f"""WITH old AS (
+        SELECT DISTINCT host, port, 1 FROM (
+            SELECT {_dest_host('m')} AS host, {_dest_port('m')} AS port {_OLD_IN_CHUNK})
+        WHERE true ON CONFLICT (host, port) DO NOTHING""",
+    f"""UPDATE mqout SET stream = old.stream, seq = old.seq FROM (
             SELECT m.x AS x, s.id AS stream,
                    s.next_seq - 1 + row_number() OVER (PARTITION BY s.id ORDER BY m.x) AS seq
-            FROM mqout AS m JOIN tinymq_streams AS s
+            FROM temp.staged_old_rows AS o JOIN mqout AS m ON m.x BETWEEN o.lo AND o.hi
+            JOIN tinymq_streams AS s
                 ON s.host = {_dest_host('m')} AND s.port = {_dest_port('m')}
-            WHERE {_OLD})
-        UPDATE mqout SET stream = old.stream, seq = old.seq FROM old WHERE mqout.x = old.x""",
+            WHERE {_OLD}) AS old
+        WHERE mqout.x = old.x""",
     """UPDATE tinymq_streams SET next_seq = (
             SELECT max(seq) + 1 FROM mqout WHERE stream = tinymq_streams.id)
-        WHERE next_seq <= (SELECT max(seq) FROM mqout WHERE stream = tinymq_streams.id)""",
+        WHERE EXISTS (SELECT 1 FROM temp.staged_old_rows)
+          AND next_seq <= (SELECT max(seq) FROM mqout WHERE stream = tinymq_streams.id)""",
 )
+STAGED["old_rows"] = Staging("old_rows", ["lo", "hi"], apply="; ".join(_NUMBER_OLD))
+
+
+def numbering_ready(conn):
+    """Whether new rows are numbered as they are inserted (no old rows wait)."""
+    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                        "AND name = ?", (NUMBERING[0],)).fetchone()[0] == 1
+
+
+def finish_old_rows(conn):
+    """Inside the writer's transaction: number all old rows left, then create the
+    numbering triggers, so that rows inserted from now on come after them."""
+    conn.execute(STAGED["old_rows"].clear)
+    conn.execute(STAGED["old_rows"].stage, (0, 1 << 62))
+    for statement in _NUMBER_OLD:
+        conn.execute(statement)
+    conn.execute(STAGED["old_rows"].clear)
+    _create_triggers(conn, NUMBERING)
+
+
+def _create_triggers(conn, names):
+    for name in names:  # always the current definition
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        conn.execute(f"CREATE TRIGGER {name} {TRIGGERS[name]}")
+
 
 # Columns the daemon owns in mqout; added to tables made by an older version.
 DAEMON_COLUMNS = {"last_error": "TEXT", "stream": "INTEGER", "seq": "INTEGER"}
@@ -223,11 +261,10 @@ def initialize(path):
                     conn.execute(statement)
             _upgrade(conn)
             conn.execute("CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)")
-            for name, body in TRIGGERS.items():  # always the current definition
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-                conn.execute(f"CREATE TRIGGER {name} {body}")
-            for statement in NUMBER_OLD_ROWS:
-                conn.execute(statement)
+            waiting = not numbering_ready(conn) and conn.execute(
+                f"SELECT 1 FROM mqout AS m WHERE {_OLD} LIMIT 1").fetchone()
+            _create_triggers(conn, [name for name in TRIGGERS
+                                    if not (waiting and name in NUMBERING)])
             node = _node_id(conn)
             conn.execute("COMMIT")
         finally:

@@ -154,7 +154,7 @@ def test_receiver_disk_full_acknowledges_nothing_uncommitted_then_completes(
     b.assert_alive()
     lines = mark.lines()
     no_traceback(b, mark)
-    print(f"\nB's log while full and after:\n" + "\n".join(lines))
+    print("\nB's log while full and after:\n" + "\n".join(lines))
     assert said and len(matching(mark.problems(), DB_TROUBLE)) <= 3, (
         "the full disk is not logged once (and once when it clears):\n" + "\n".join(lines))
     assert len(lines) <= 10, "B's log is flooded while its disk is full:\n" + "\n".join(lines)
@@ -196,7 +196,7 @@ def test_sender_disk_full_keeps_rows_then_completes(small_disk, make_daemon):
     a.assert_alive()
     lines = mark.lines()
     no_traceback(a, mark)
-    print(f"\nA's log while full and after:\n" + "\n".join(lines))
+    print("\nA's log while full and after:\n" + "\n".join(lines))
     assert len(matching(mark.problems(), DB_TROUBLE)) <= 3, "\n".join(lines)
     assert len(lines) <= 10, "A's log is flooded while its disk is full:\n" + "\n".join(lines)
     a.stop()

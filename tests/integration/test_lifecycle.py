@@ -2,6 +2,7 @@
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,4 +83,19 @@ def test_restart_is_quick_and_ready_again(start_daemon):
     t0 = time.monotonic()
     a.restart()
     assert a.ready_at - t0 < 10
+    a.stop()
+
+
+def test_network_threads_yield_the_cpu_to_the_writer(start_daemon):
+    """The receiver and the scheduler run at nice +5 and SCHED_BATCH, so the writer (at
+    the process's priority) rarely loses its CPU while it holds the database lock."""
+    a = start_daemon("a")
+    threads = {}
+    for stat in Path(f"/proc/{a.pid}/task").glob("*/stat"):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        threads[stat.parent.name] = (int(fields[16]), int(fields[38]))  # nice, policy
+    lowered = [t for t, (nice, policy) in threads.items() if nice == 5 and policy == 3]
+    assert len(lowered) == 2, threads
+    # The others (main thread, writer, ...) keep the process's own priority.
+    assert all(nice == 0 for t, (nice, _policy) in threads.items() if t not in lowered), threads
     a.stop()
