@@ -61,14 +61,17 @@ def waits_for_a_short_lived_shell(path, watch):
     shell.stdin.write(".shell sleep 0.02\n")  # keeps the database open 20 ms more, then exits
     shell.stdin.close()
     waited = watch.wait_until_alone()
+    # It waited for the shell, and returned once it had gone (well before MAX_WAIT).
+    assert shell.pid not in watch.holders(), "returned while the shell still had it open"
     assert shell.wait(10) == 0
-    # It waited for the shell, and returned once it had gone (not after the full MAX_WAIT).
-    assert 0.01 <= waited < lockwatch.MAX_WAIT, waited
+    assert 0.015 <= waited < lockwatch.MAX_WAIT, waited
     assert time.monotonic() - t0 >= 0.015
 
 
-def test_waits_for_a_short_lived_connection_to_finish(db):
+def test_waits_for_a_short_lived_connection_to_finish(db, monkeypatch):
     path, watch = db
+    monkeypatch.setattr(lockwatch, "MAX_WAIT", 5.0)  # a loaded machine may be slow
+    monkeypatch.setattr(lockwatch, "RESIDENT_AFTER", 5.0)
     waits_for_a_short_lived_shell(path, watch)
     assert watch.holders() == set()
 
@@ -81,7 +84,7 @@ def stop_waiting_for(shell, watch):
         if waits[-1] < 0.001:
             break
     # Each wait is bounded, and after RESIDENT_AFTER the writer stops waiting.
-    assert max(waits) <= lockwatch.MAX_WAIT + 0.02, waits
+    assert max(waits) <= lockwatch.MAX_WAIT + 0.05, waits
     assert sum(waits) >= lockwatch.RESIDENT_AFTER * 0.9, waits
     assert waits[-1] < 0.001, waits
     assert shell.pid in watch.holders()
@@ -97,7 +100,7 @@ def test_stops_waiting_for_a_connection_that_stays_open(db):
     wait_until(lambda: watch.holders() == set(), 5, "the shell's locks released")
 
 
-def test_still_waits_for_a_short_lived_one_beside_a_long_lived_one(tmp_path):
+def test_still_waits_for_a_short_lived_one_beside_a_long_lived_one(tmp_path, monkeypatch):
     """Needs /proc/locks: F_GETLK names only the oldest holder."""
     path = str(tmp_path / "q.db")
     store.initialize(path)
@@ -107,6 +110,7 @@ def test_still_waits_for_a_short_lived_one_beside_a_long_lived_one(tmp_path):
     resident = open_shell(path)
     try:
         stop_waiting_for(resident, watch)
+        monkeypatch.setattr(lockwatch, "MAX_WAIT", 5.0)  # a loaded machine may be slow
         waits_for_a_short_lived_shell(path, watch)
         assert watch.holders() == {resident.pid}
     finally:
