@@ -29,7 +29,8 @@ _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (64-bi
 PROC_LOCKS = "/proc/locks"
 
 POLL = 0.0002  # how often to look again while another process is in its transaction
-MAX_WAIT = 0.05  # never wait longer than this in one go
+MAX_WAIT = 0.05  # never wait longer than this in one go, and after such a wait, not at
+# all for as long again: short-lived processes that never leave a gap get half the time
 RESIDENT_AFTER = 0.1  # a process seen this long keeps the database open: stop waiting
 
 
@@ -49,6 +50,7 @@ class OtherConnections:
         self._proc_locks = proc_locks
         self._own = os.getpid()
         self._first_seen = {}  # pid -> when it was first seen, while it stays
+        self._no_wait_until = 0.0
 
     def holders(self):
         """The pids of other processes holding a SHARED lock (0: a process in another
@@ -79,13 +81,18 @@ class OtherConnections:
         """Wait while a short-lived connection of another process is open (at most
         MAX_WAIT); return the seconds waited."""
         start = now = time.monotonic()
+        if now < self._no_wait_until:
+            return 0.0
         while True:
             pids = self.holders()
             for gone in self._first_seen.keys() - pids:
                 del self._first_seen[gone]
             short_lived = [pid for pid in pids
                            if now - self._first_seen.setdefault(pid, now) < RESIDENT_AFTER]
-            if not short_lived or now - start >= MAX_WAIT:
+            if not short_lived:
+                return now - start
+            if now - start >= MAX_WAIT:
+                self._no_wait_until = now + MAX_WAIT
                 return now - start
             time.sleep(POLL)
             now = time.monotonic()

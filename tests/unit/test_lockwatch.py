@@ -77,16 +77,17 @@ def test_waits_for_a_short_lived_connection_to_finish(db, monkeypatch):
 
 
 def stop_waiting_for(shell, watch):
+    t0 = time.monotonic()
     waits = []
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
+    while time.monotonic() - t0 < lockwatch.RESIDENT_AFTER + lockwatch.MAX_WAIT:
         waits.append(watch.wait_until_alone())
-        if waits[-1] < 0.001:
-            break
-    # Each wait is bounded, and after RESIDENT_AFTER the writer stops waiting.
+        time.sleep(0.002)
+    # It waited for it at first, never for long in one go ...
+    assert waits[0] >= lockwatch.MAX_WAIT, waits
     assert max(waits) <= lockwatch.MAX_WAIT + 0.05, waits
-    assert sum(waits) >= lockwatch.RESIDENT_AFTER * 0.9, waits
-    assert waits[-1] < 0.001, waits
+    # ... and not at all once the connection had stayed open for RESIDENT_AFTER.
+    time.sleep(lockwatch.MAX_WAIT + 0.01)
+    assert watch.wait_until_alone() < 0.001
     assert shell.pid in watch.holders()
 
 
@@ -117,3 +118,18 @@ def test_still_waits_for_a_short_lived_one_beside_a_long_lived_one(tmp_path, mon
         close_shell(resident)
         conn.close()
         watch.close()
+
+
+def test_after_a_full_wait_it_does_not_wait_for_as_long(db, monkeypatch):
+    """Short-lived processes that never leave a gap must not starve the writer."""
+    path, watch = db
+    monkeypatch.setattr(lockwatch, "RESIDENT_AFTER", 60.0)  # the shell counts as short-lived
+    shell = open_shell(path)
+    try:
+        assert watch.wait_until_alone() >= lockwatch.MAX_WAIT
+        t0 = time.monotonic()
+        assert watch.wait_until_alone() == 0.0
+        time.sleep(max(0.0, t0 + lockwatch.MAX_WAIT + 0.01 - time.monotonic()))
+        assert watch.wait_until_alone() >= lockwatch.MAX_WAIT
+    finally:
+        close_shell(shell)
