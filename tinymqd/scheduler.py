@@ -69,7 +69,7 @@ ROW_ERROR = ("UPDATE mqout SET last_error = ? "
              "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # Takes a row out of its stream (a gap, like a cancel) and says why.
 UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL, last_error = ? WHERE x = ?"
-# Numbers a usable row that has none (the trigger does it): an older row, or one fixed.
+# Numbers a row the application fixed (say, shortened its data): the trigger does it.
 RENUMBER = ("UPDATE mqout SET host = host "
             "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # A destination's trouble is written to the first ERROR_ROWS rows waiting for it (the ones
