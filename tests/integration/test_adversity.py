@@ -169,7 +169,8 @@ def test_sender_disk_full_keeps_rows_then_completes(small_disk, make_daemon):
     none is lost, and all arrive in order once space returns."""
     b = make_daemon("b").start()
     a = make_daemon("a", database=str(small_disk.path / "a.db")).start()
-    tag, first, more = "full-tx", 1500, 500
+    # Enough that the disk fills while many are still queued, however fast A sends.
+    tag, first, more = "full-tx", 5000, 500
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, tag, first, pad=300)
     wait_until(lambda: b.count("mqin") >= 150, 20, "messages flow before the disk fills")
     mark = LogMark(a)
