@@ -266,8 +266,9 @@ class Scheduler(Worker):
         def done():
             self.inbox.put(("old_rows_numbered", after, xs[-1] if xs else after, last))
 
-        if last:
-            self.writer.submit(store.finish_old_rows, done)
+        if last:  # all that are left, whatever came since, and the triggers: at once
+            self.writer.submit(store.create_numbering_triggers, done,
+                               staged={"old_rows": [(after + 1, 1 << 62)]})
         else:
             self.writer.submit(staged={"old_rows": [(xs[0], xs[-1])]}, done=done)
 

@@ -142,9 +142,9 @@ TRIGGERS = {
 # application or the old Perl tinymq filled before tinymqd first ran). While any is
 # left, the numbering triggers stay away, so rows inserted meanwhile wait unnumbered
 # too, and the scheduler numbers them all, lowest x first, a small chunk per
-# transaction (staged "old_rows"); the transaction that numbers the last of them creates
-# the triggers (finish_old_rows). Every row thus gets its number in x order, and
-# start-up does not wait.
+# transaction (staged "old_rows"); the transaction that numbers the last of them also
+# creates the triggers (create_numbering_triggers). Every row thus gets its number in x
+# order, and start-up does not wait.
 NUMBERING = ("tinymq_number_new", "tinymq_number_changed")
 _OLD = f"m.stream IS NULL AND m.seq IS NULL AND m.last_error IS NULL AND {_usable('m')}"
 OLD_ROWS = f"SELECT m.x FROM mqout AS m WHERE {_OLD} AND m.x > ? ORDER BY m.x LIMIT ?"
@@ -179,14 +179,8 @@ def numbering_ready(conn):
                         "AND name = ?", (NUMBERING[0],)).fetchone()[0] == 1
 
 
-def finish_old_rows(conn):
-    """Inside the writer's transaction: number all old rows left, then create the
-    numbering triggers, so that rows inserted from now on come after them."""
-    conn.execute(STAGED["old_rows"].clear)
-    conn.execute(STAGED["old_rows"].stage, (0, 1 << 62))
-    for statement in _NUMBER_OLD:
-        conn.execute(statement)
-    conn.execute(STAGED["old_rows"].clear)
+def create_numbering_triggers(conn):
+    """From now on rows are numbered as they are inserted (after the old ones)."""
     _create_triggers(conn, NUMBERING)
 
 
@@ -261,8 +255,7 @@ def initialize(path):
                     conn.execute(statement)
             _upgrade(conn)
             conn.execute("CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)")
-            waiting = not numbering_ready(conn) and conn.execute(
-                f"SELECT 1 FROM mqout AS m WHERE {_OLD} LIMIT 1").fetchone()
+            waiting = not numbering_ready(conn) and conn.execute(OLD_ROWS, (0, 1)).fetchone()
             _create_triggers(conn, [name for name in TRIGGERS
                                     if not (waiting and name in NUMBERING)])
             node = _node_id(conn)

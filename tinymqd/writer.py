@@ -155,10 +155,10 @@ class Writer(Worker):
                 conn.executemany(store.STAGED[table].stage, rows)
                 tables.add(table)
         conn.execute("COMMIT")
+        ops = [op for _, op, _ in batch if op is not None]
         delay = 0.01
         while True:
             try:
-                ops = [op for _, op, _ in batch if op is not None]
                 others.wait_until_alone()  # an application's INSERT goes first
                 if not ops:
                     conn.execute(store.APPLY_ALL)  # one statement, one transaction
