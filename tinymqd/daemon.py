@@ -75,7 +75,7 @@ class Daemon:
         for worker in self.workers:
             worker.started_ok.wait(10)
         if self._failed():
-            return self._stop(1)
+            return self._stop(self._failure_status())
         address = sock.getsockname()
         log.info("tinymqd %s started: node %016x, listening on UDP [%s]:%d, database %s, "
                  "config %s", __version__, node, address[0], address[1], cfg.database,
@@ -115,7 +115,7 @@ class Daemon:
         stuck_logged = False
         while not self.stopping.wait(min(1.0, watchdog or 1.0)):
             if self._failed():
-                return self._stop(1)
+                return self._stop(self._failure_status())
             now = time.monotonic()
             stuck = [w.name for w in self.workers if now - w.heartbeat > HEARTBEAT_LIMIT]
             if watchdog:
@@ -140,6 +140,15 @@ class Daemon:
                              w.failure or "no error")
             return True
         return False
+
+    def _failure_status(self):
+        """The exit status for a failed worker: the one its exception names (e.g. a
+        damaged database, which restarting cannot fix), else 1 (systemd restarts us)."""
+        for w in self.workers:
+            status = getattr(w.failure, "exit_status", None)
+            if status is not None:
+                return status
+        return 1
 
     def _stop(self, code):
         self.notifier.notify("STOPPING=1")
