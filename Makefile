@@ -11,12 +11,16 @@ PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
 
 all: test
 
-# Install Debian packages only when missing (idempotent; apt-get needs root).
+# apt-get install the packages in $(1) that are not installed yet (idempotent; needs
+# root). Shared with packaging.mk, which is included below.
 define apt_ensure
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=$$(for p in $(1); do \
+	    [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || echo $$p; \
+	  done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing </dev/null; \
 	fi
 endef
 

@@ -20,18 +20,6 @@ BUILD_DEPS  := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
 SYSTEM_DEPS := systemd-container debootstrap iproute2 util-linux python3-pytest \
                python3-pytest-timeout
 
-# apt-get install the packages in $(1) that are not installed yet (idempotent).
-define apt_ensure
-	@missing=$$(for p in $(1); do \
-	    [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || echo $$p; \
-	  done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $$missing </dev/null; \
-	fi
-endef
-
 .PHONY: deps-build deps-system deb lintian image test-system
 
 deps-build:
