@@ -253,7 +253,14 @@ def test_database_in_unwritable_directory(make_daemon, world_dir):
     d.config_path = world_dir / "tinymq.yaml"
     d.write_config()
     d.config_path.chmod(0o644)
-    d.start(wait=False, user=65534, group=65534, extra_groups=[])
+    # nobody may not be able to read the checkout (e.g. under root's 0700 home): give it
+    # a world-readable copy of the code.
+    code = world_dir / "code"
+    shutil.copytree(REPO / "tinymqd", code / "tinymqd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    d.start(wait=False, user=65534, group=65534, extra_groups=[], env={"PYTHONPATH": str(code)})
     assert_clean_startup_failure(d, locked / "tinymq.db")
 
 
