@@ -55,7 +55,6 @@ class Writer(Worker):
         super().__init__(stopping)
         self.path = path
         self.queue = queue.SimpleQueue()
-        self.commits = 0
         self._trouble_since = None
         self._wal = None  # (file descriptor, (device, inode)) of the WAL file
         self._last_commit = 0.0
@@ -168,7 +167,6 @@ class Writer(Worker):
                     for op in ops:
                         op(conn)
                     conn.execute("COMMIT")
-                self.commits += 1
                 self._clear(conn, tables)
                 if self._trouble_since is not None:
                     log.warning("database writable again after %.1f s",
