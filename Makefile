@@ -47,7 +47,7 @@ test-integration: deps-test
 bench: deps-test
 	$(PYTHON) -m tests.bench && $(PYTHON) -m tests.bench_adversity
 
-# The full chaos run (issue #4): 20,000 + 5,000 messages through lossy, duplicating,
+# The full chaos run: 20,000 + 5,000 messages through lossy, duplicating,
 # reordering relays while both daemons are SIGKILLed 40 times; prints its figures.
 # TINYMQ_CHAOS_SEED=<n> repeats it with another seed.
 chaos: deps-test
@@ -57,5 +57,5 @@ clean:
 	rm -rf $(RUNDIR) .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# Debian package, lintian and system tests (issue #3): deb, lintian, image, test-system.
+# Debian package, lintian and system tests: deb, lintian, image, test-system.
 -include packaging.mk

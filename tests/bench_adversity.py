@@ -1,4 +1,4 @@
-"""`make bench`, second part: tinymq under adversity (issue #4, items 2 and 7).
+"""`make bench`, second part: tinymq under adversity.
 
     /usr/bin/python3 -m tests.bench_adversity [--quick] [--only abcde]
 

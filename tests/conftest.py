@@ -9,10 +9,6 @@ from tests.support.sink import UdpSink
 DEFAULT_TIMEOUT = 60  # seconds per test unless it says otherwise (pytest-timeout)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: longer integration tests")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:

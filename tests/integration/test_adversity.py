@@ -1,4 +1,4 @@
-"""Adversity (issue #4): chaos with crashes, a full disk, a locked database, and a flood
+"""Adversity: chaos with crashes, a full disk, a locked database, and a flood
 of hostile datagrams.
 
 - chaos: numbered messages both ways through relays with 10% loss, 5% duplication,
@@ -30,7 +30,7 @@ from tests.support.observe import LogMark, matching, rss_bytes, status_number
 from tests.support.ports import udp_socket
 from tests.support.wait import holds_for, wait_until
 
-# -- 1. chaos ------------------------------------------------------------------------------
+# -- chaos ---------------------------------------------------------------------------------
 
 
 def chaos_selected(config):
@@ -122,7 +122,7 @@ def small_disk(tmp_path):
         disk.umount()
 
 
-# -- 3. full disk ------------------------------------------------------------------------
+# -- full disk ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
 def test_receiver_disk_full_acknowledges_nothing_uncommitted_then_completes(
@@ -204,7 +204,7 @@ def test_sender_disk_full_keeps_rows_then_completes(small_disk, make_daemon):
     b.stop()
 
 
-# -- 4. locked database ------------------------------------------------------------------
+# -- locked database ---------------------------------------------------------------------
 
 LOCK_SECONDS = 10.0
 
@@ -292,7 +292,7 @@ def test_sender_database_locked_10s_waits_logs_once_then_delivers(make_daemon):
     b.stop()
 
 
-# -- 6. hostile datagrams ----------------------------------------------------------------
+# -- hostile datagrams -------------------------------------------------------------------
 
 FLOOD = 100_000
 FLOOD_RATE = 8000.0  # datagrams per second, both daemons together

@@ -102,7 +102,7 @@ def test_garbage_creates_nothing_removes_nothing_and_is_logged_at_a_limited_rate
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("forged", ACKS, ids=[repr(a[:12]) for a in ACKS])
 def test_forged_ack_removes_nothing(victim, forged):
-    """The seed deleted whatever was in flight on any datagram starting with "ACK"."""
+    """tinymq.pl deleted whatever was in flight on any datagram starting with "ACK"."""
     a, sink, x = victim
     for _ in range(5):
         sink.send(forged, ("127.0.0.1", a.port))

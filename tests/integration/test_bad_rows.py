@@ -59,7 +59,7 @@ def test_bad_row_gets_last_error_and_blocks_nobody(make_daemon, case, host, port
 
 @pytest.mark.timeout(60)
 def test_all_bad_rows_at_once_and_restart(make_daemon):
-    """The seed died on an unresolvable host, and again at every restart."""
+    """tinymq.pl died on an unresolvable host, and again at every restart."""
     a = make_daemon("a", max_message=SMALL_MAX).start()
     b = make_daemon("b").start()
     for _case, host, port, data, _m in BAD_ROWS:
@@ -81,7 +81,7 @@ def test_all_bad_rows_at_once_and_restart(make_daemon):
 
 @pytest.mark.timeout(60)
 def test_port_as_string_digits_is_fine(pair):
-    """'9000' as a string (the seed's form) is not a bad port."""
+    """'9000' as a string (as README.md writes it) is not a bad port."""
     a, b = pair
     dbmod.sqlite_cli(a.db, f"INSERT INTO mqout (host,port,token,data) VALUES "
                            f"('127.0.0.1','{b.port}','t','string port');")

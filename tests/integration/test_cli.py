@@ -87,7 +87,7 @@ def test_check_config_with_short_option(tmp_path):
 
 
 # -- --create-db ------------------------------------------------------------------------
-def test_create_db_makes_the_tables_so_the_seed_insert_works_before_the_daemon_ran(tmp_path):
+def test_create_db_makes_the_tables_so_the_readme_insert_works_before_the_daemon_ran(tmp_path):
     path = write_yaml(tmp_path / "good.yaml", good_config(tmp_path))
     db = tmp_path / "t.db"
     proc = run_tinymqd(["--create-db", "--config", path])
@@ -190,7 +190,7 @@ def test_positional_port_alone_keeps_config_database(make_daemon, start_daemon):
     b.stop()
 
 
-def test_seed_style_command_line_without_config(make_daemon, tmp_path):
+def test_perl_style_command_line_without_config(make_daemon, tmp_path):
     """`tinymqd PORT DATABASE` like `perl tinymq.pl 9000 /var/tmp/tinymqdb`."""
     a, b = make_daemon("a"), make_daemon("b")
     a.start(args=[a.port, a.db], use_config=False)

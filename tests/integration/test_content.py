@@ -1,4 +1,4 @@
-"""Any content arrives intact, with its type; the seed README's commands work as written;
+"""Any content arrives intact, with its type; the README's commands work as written;
 no datagram on the wire exceeds max_datagram."""
 
 import hashlib
@@ -132,9 +132,9 @@ def test_16_mib_message(nodes, kind):
     assert_same(got_type, got, data)
 
 
-def test_seed_readme_command_verbatim(start_daemon):
+def test_readme_command_verbatim(start_daemon):
     """echo "INSERT into mqout (host,port,token,data) VALUES ('MachineB','9000','token','Hello');"
-    | sqlite3 DB  -- with MachineB = 127.0.0.1 and B's port, given as a string like the seed."""
+    | sqlite3 DB  -- with MachineB = 127.0.0.1 and B's port, given as a string as in README.md."""
     a, b = start_daemon("a"), start_daemon("b")
     cmd = (f"echo \"INSERT into mqout (host,port,token,data) VALUES "
            f"('127.0.0.1','{b.port}','token','Hello');\" | sqlite3 {a.db}")
@@ -189,7 +189,7 @@ def test_seed_command_works_while_the_daemon_is_busy(pair):
 
 
 def test_ids_are_never_reused_and_nothing_is_lost_one_at_a_time(pair):
-    """The seed reused mqout ids once mqout was empty and lost 4 of 5 messages."""
+    """tinymq.pl reused mqout ids once mqout was empty and lost 4 of 5 messages."""
     a, b = pair
     xs = []
     for i in range(1, 6):

@@ -81,7 +81,7 @@ def test_stop_mid_transfer_then_restart_exactly_once_in_order(pair, victim, sig)
 
 @pytest.mark.timeout(120)
 def test_consumer_deletes_mqin_rows_before_sender_restarts(pair):
-    """The seed duplicated messages after the consumer deleted the mqin row."""
+    """tinymq.pl duplicated messages after the consumer deleted the mqin row."""
     a, b = pair
     n, tag = 10000, "consumed"
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, tag, n)
@@ -133,7 +133,7 @@ def test_consumer_deleting_while_receiving(pair):
 @pytest.mark.timeout(60)
 def test_sender_with_a_new_database_is_not_taken_for_a_duplicate(pair):
     """A sender that starts over with a fresh database reuses x from 1: the receiver must
-    not drop those as duplicates of the old ones (the seed lost them)."""
+    not drop those as duplicates of the old ones (tinymq.pl lost them)."""
     a, b = pair
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "fresh", 5)
     wait_delivered(a, b, "fresh", range(1, 6), timeout=15)

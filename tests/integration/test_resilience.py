@@ -98,7 +98,7 @@ def test_dead_destination_does_not_delay_a_live_one(pair, make_sink):
 
 @pytest.mark.timeout(60)
 def test_undeliverable_rows_do_not_block_inbound(pair, make_sink):
-    """The seed: one unacknowledged message blocked all inbound traffic."""
+    """In tinymq.pl one unacknowledged message blocked all inbound traffic."""
     a, b = pair
     dead_destinations(a, make_sink)
     dbmod.enqueue_series(b.db, "127.0.0.1", a.port, "inbound", 500)
@@ -112,12 +112,12 @@ def test_undeliverable_rows_do_not_block_inbound(pair, make_sink):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_both_directions_at_once(pair):
-    """The seed deadlocked when two daemons sent to each other."""
+    """tinymq.pl deadlocked when two daemons sent to each other."""
     a, b = pair
     n = 4000
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "a2b", n)
     dbmod.enqueue_series(b.db, "127.0.0.1", a.port, "b2a", n)
-    # while B floods A, a single A -> B message is not held back (the seed waited 44 s)
+    # while B floods A, a single A -> B message is not held back (tinymq.pl waited 44 s)
     lat = latency(a, b, "single", 1, timeout=30)
     assert lat < 1.0, f"A -> B took {lat:.2f} s while B was sending to A"
     wait_until(lambda: a.count("mqout") == 0 and b.count("mqout") == 0, 90,
@@ -180,7 +180,7 @@ def test_delete_cancels_in_an_established_stream(pair, make_relay):
 
 @pytest.mark.timeout(60)
 def test_delete_stops_retransmissions_within_a_second(start_daemon, make_sink):
-    """The seed kept retrying a deleted row."""
+    """tinymq.pl kept retrying a deleted row."""
     a = start_daemon("a")
     sink = make_sink()  # a peer that receives but never acknowledges
     marker = b"CANCEL-MARKER-0123456789-"

@@ -73,7 +73,7 @@ def enqueue(db, host, port, token, data, literal=False, timeout_ms=5000):
 
     Text goes in as CAST(X'..' AS TEXT) unless literal=True ('...' with quotes doubled,
     as a user would write it). port is passed as given: a str becomes a quoted literal
-    ('9000', like the seed README), an int a number.
+    ('9000', as in README.md), an int a number.
     """
     if literal and isinstance(data, str):
         data_sql, path = sql_literal(data), None

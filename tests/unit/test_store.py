@@ -33,7 +33,7 @@ def test_existing_empty_file_works(tmp_path):
     assert "host" in columns(str(path), "mqout")
 
 
-def test_seed_insert_works_literally_with_port_as_string(tmp_path):
+def test_readme_insert_works_literally_with_port_as_string(tmp_path):
     path = str(tmp_path / "q.db")
     store.initialize(path)
     subprocess.run(["sqlite3", path, "INSERT into mqout (host,port,token,data) VALUES "
