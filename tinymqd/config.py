@@ -6,8 +6,9 @@ import os
 
 import yaml
 
-DEFAULT_CONFIG_FILE = "/etc/tinymq.yaml"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from tinymqd.constants import (DEFAULT_BIND, DEFAULT_CONFIG_FILE, DEFAULT_DATABASE,
+                               DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
+                               DEFAULT_PORT, DEFAULT_RETRY_MAX_S, LOG_LEVELS)
 
 
 class ConfigError(Exception):
@@ -16,13 +17,13 @@ class ConfigError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    port: int = 9000
-    bind: str = "::"
-    database: str = "/var/lib/tinymq/tinymq.db"
+    port: int = DEFAULT_PORT
+    bind: str = DEFAULT_BIND
+    database: str = DEFAULT_DATABASE
     log_level: str = "info"
-    retry_max: float = 1.0  # cap of the retransmission backoff, seconds
-    max_datagram: int = 1200  # bytes of UDP payload, so nothing relies on IP fragmentation
-    max_message: int = 16 * 1024 * 1024  # largest data value accepted from mqout, bytes
+    retry_max: float = DEFAULT_RETRY_MAX_S  # cap of the retransmission backoff, seconds
+    max_datagram: int = DEFAULT_MAX_DATAGRAM_BYTES  # UDP payload, bytes
+    max_message: int = DEFAULT_MAX_MESSAGE_BYTES  # largest data value, bytes
     source: str = "built-in defaults"  # where the settings came from, for log lines
 
 

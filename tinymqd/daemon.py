@@ -24,11 +24,14 @@ from tinymqd.writer import Writer
 
 log = logging.getLogger("tinymqd")
 
-STATUS_INTERVAL = 5.0
-STOP_DEADLINE = 1.5  # seconds for the workers to finish (the promise is 2 s)
-HEARTBEAT_LIMIT = 10.0  # a worker silent this long is stuck: stop feeding the watchdog
-HELLO_WITHIN_DAYS = 30
-SWITCH_INTERVAL = 0.0002
+STATUS_INTERVAL_S = 5.0
+STOP_DEADLINE_S = 1.5  # for the workers to finish (the promise is 2 s)
+START_DEADLINE_S = 10.0  # for every worker to report that it runs
+HEARTBEAT_LIMIT_S = 10.0  # a worker silent this long is stuck: stop feeding the watchdog
+SUPERVISE_INTERVAL_S = 1.0  # how often the main thread looks at the workers
+HELLO_WITHIN_DAYS = 30  # peers that sent to us within this many days hear we are back
+SWITCH_INTERVAL_S = 0.0002
+BOOT_ID_BITS = 32
 
 
 class Daemon:
@@ -40,7 +43,7 @@ class Daemon:
     def run(self):
         # The writer thread gives up the GIL inside SQLite for every row; with the default
         # 5 ms switch interval a busy scheduler thread makes it wait that long each time.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         logsetup.setup(self.cfg.log_level)
         try:
             node = store.initialize(self.cfg.database)
@@ -59,11 +62,12 @@ class Daemon:
         cfg = self.cfg
         self.node = node
         self.sock = sock
-        boot = secrets.randbits(32)
+        boot = secrets.randbits(BOOT_ID_BITS)
+        self.sender = transport.Sender(sock)
         writer = Writer(cfg.database, self.stopping)
-        scheduler = Scheduler(self.stopping, cfg, node, sock, writer, boot)
-        inbound = Inbound(node, cfg.port, writer, self._send, _known_senders(cfg.database),
-                          boot, cfg.max_message)
+        scheduler = Scheduler(self.stopping, cfg, node, self.sender, sock.family, writer, boot)
+        inbound = Inbound(node, cfg.port, writer, self.sender.send,
+                          store.known_senders(cfg.database), boot, cfg.max_message)
         receiver = Receiver(self.stopping, sock, node, inbound, scheduler.inbox)
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (
@@ -72,8 +76,12 @@ class Daemon:
             signal.signal(signum, lambda *_: self.stopping.set())
         for worker in self.workers:
             worker.start()
+        deadline = time.monotonic() + START_DEADLINE_S
         for worker in self.workers:
-            worker.started_ok.wait(10)
+            if not worker.started_ok.wait(max(0.0, deadline - time.monotonic())):
+                log.critical("%s thread did not start within %.0f s; exiting", worker.name,
+                             START_DEADLINE_S)
+                return self._stop(1)
         if self._failed():
             return self._stop(self._failure_status())
         address = sock.getsockname()
@@ -84,40 +92,31 @@ class Daemon:
         self.notifier.notify("READY=1\nSTATUS=" + self._status())
         return self._supervise()
 
-    def _send(self, datagram, addr):
-        try:
-            self.sock.sendto(datagram, addr)
-        except OSError as e:
-            log.debug("send to %s failed: %s", addr[0], e)
-
     def _announce(self, boot):
         """Tell the peers that sent to us before that we are back: they resume at once."""
         try:
-            conn = store.connect(self.cfg.database, readonly=True)
-            rows = conn.execute(
-                "SELECT DISTINCT sender, shost, sport FROM tinymq_rx "
-                "WHERE seen > datetime('now', ?)", (f"-{HELLO_WITHIN_DAYS} days",)).fetchall()
-            conn.close()
+            peers = store.recent_senders(self.cfg.database, HELLO_WITHIN_DAYS)
         except sqlite3.Error as e:
             log.warning("cannot read known peers to announce ourselves: %s", e)
             return
-        for sender, shost, sport in rows:
-            host = shost.decode() if isinstance(shost, bytes) else shost
+        for sender, host, port in peers:
             try:
-                addr = transport.resolve(host, sport, self.sock.family)
+                addr = transport.resolve(host, port, self.sock.family)
             except (OSError, TypeError, ValueError):
                 continue
-            self._send(protocol.encode_hello(self.cfg.port, self.node, sender, boot), addr)
+            self.sender.send(protocol.encode_hello(self.cfg.port, self.node, sender, boot),
+                             addr)
 
     def _supervise(self):
         watchdog = _watchdog_interval()
-        next_status = time.monotonic() + STATUS_INTERVAL
+        next_status = time.monotonic() + STATUS_INTERVAL_S
         stuck_logged = False
-        while not self.stopping.wait(min(1.0, watchdog or 1.0)):
+        while not self.stopping.wait(min(SUPERVISE_INTERVAL_S,
+                                         watchdog or SUPERVISE_INTERVAL_S)):
             if self._failed():
                 return self._stop(self._failure_status())
             now = time.monotonic()
-            stuck = [w.name for w in self.workers if now - w.heartbeat > HEARTBEAT_LIMIT]
+            stuck = [w.name for w in self.workers if now - w.heartbeat > HEARTBEAT_LIMIT_S]
             if watchdog:
                 if not stuck:
                     self.notifier.notify("WATCHDOG=1")
@@ -127,7 +126,7 @@ class Daemon:
                               ", ".join(stuck))
                     stuck_logged = True
             if now >= next_status:
-                next_status = now + STATUS_INTERVAL
+                next_status = now + STATUS_INTERVAL_S
                 self.notifier.notify("STATUS=" + self._status())
         return self._stop(0)
 
@@ -154,7 +153,7 @@ class Daemon:
         self.notifier.notify("STOPPING=1")
         log.info("stopping")
         self.stopping.set()
-        deadline = time.monotonic() + STOP_DEADLINE
+        deadline = time.monotonic() + STOP_DEADLINE_S
         self.receiver.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.join(max(0.0, deadline - time.monotonic()))
         self.writer.stop()
@@ -168,18 +167,9 @@ class Daemon:
         text = (f"sending to {figures['destinations']} destination(s)"
                 f" ({figures['unreachable']} unreachable), {figures['in_memory']} in flight;"
                 f" received {self.inbound.committed_messages};"
-                f" {self.scheduler.send_errors} send error(s);"
+                f" {self.sender.errors} send error(s);"
                 f" {self.receiver.dropped.total} bad datagram(s) dropped")
         return text.encode("latin-1", "replace").decode("latin-1")
-
-
-def _known_senders(path):
-    conn = store.connect(path, readonly=True)
-    try:
-        rows = conn.execute("SELECT sender, stream, next_seq FROM tinymq_rx").fetchall()
-    finally:
-        conn.close()
-    return {(sender, stream): next_seq for sender, stream, next_seq in rows}
 
 
 def _watchdog_interval():

@@ -12,13 +12,16 @@ committed point lets the sender delete rows.
 import threading
 
 from tinymqd import protocol
+from tinymqd.constants import DEFAULT_MAX_MESSAGE_BYTES, MAX_TOKEN_BYTES
+from tinymqd.transport import display_host
 from tinymqd.writer import MAX_ROWS
 
 
 MAX_ACK_RANGES = 32
 KEEP_RANGES = 64
 BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for out-of-order and partial messages
-MESSAGE_EXTRA = 65535 + 65535 + protocol.MESSAGE_HEAD.size  # token, sent-ts, header
+# A message carries, besides its data, a token, the sender's ts and a header.
+MESSAGE_EXTRA = MAX_TOKEN_BYTES + protocol.MAX_SENT_BYTES + protocol.MESSAGE_HEAD.size
 
 class RangeSet:
     """Packet numbers received, as inclusive ranges, most recent first (bounded)."""
@@ -97,16 +100,11 @@ class InboundStream:
         self.buffered = 0
 
 
-def display_host(addr):
-    """An address as an admin would write it: IPv4-mapped IPv6 shown as plain IPv4."""
-    host = addr[0]
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
-
-
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, node, port, writer, send, known, boot, max_message=16 * 1024 * 1024):
+    def __init__(self, node, port, writer, send, known, boot,
+                 max_message=DEFAULT_MAX_MESSAGE_BYTES):
         self.node = node
         self.port = port
         self.writer = writer
@@ -137,7 +135,7 @@ class Inbound:
                 st.peer_boot = dgram.boot
                 st.received = RangeSet()
             st.addr = addr
-            st.shost = display_host(addr)
+            st.shost = display_host(addr[0])
             st.sport = header.port
             if dgram.base > st.submitted:
                 self._skip_to(st, dgram.base)

@@ -4,8 +4,8 @@ import logging
 import os
 import sys
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
-          "warning": logging.WARNING, "error": logging.ERROR}
+from tinymqd.constants import LOG_LEVELS
+
 
 
 def stderr_is_journal():
@@ -23,7 +23,7 @@ def setup(level="info"):
     root = logging.getLogger("tinymqd")
     root.handlers.clear()
     root.propagate = False
-    root.setLevel(LEVELS[level])
+    root.setLevel(LOG_LEVELS[level])
     handler = None
     if stderr_is_journal():
         try:

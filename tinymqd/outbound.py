@@ -1,7 +1,8 @@
 """Sending to one destination: window, loss detection, round-trip time, backoff.
 
-An OutStream holds the lowest pending messages of one destination (host, port), sends
-their fragments in numbered packets, and learns from acknowledgements:
+An OutStream holds the lowest pending messages of one stream (the rows numbered for one
+destination), sends their fragments in numbered packets, and learns from
+acknowledgements:
 - packet numbers acknowledged: fragments the peer holds (frees the window, RTT samples);
 - the committed point: messages the peer stored durably; only these leave mqout.
 Packet numbers are never reused, so every RTT sample is unambiguous (no Karn problem).
@@ -28,6 +29,11 @@ REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
 UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
 PACE_BURST = 8  # packets that may leave back to back; then one per RTT / window
 PACE_GAIN = 1.25  # pace a little faster than window / RTT, so pacing never limits it
+LOSS_DELAY_RTT = 1.125  # an unacknowledged packet older than this many RTTs is lost
+RTO_JITTER = 0.1  # timeouts vary by this fraction, so that streams do not march in step
+# RFC 6298's gains for the smoothed round-trip time and its variation
+SRTT_GAIN = 1 / 8
+RTTVAR_GAIN = 1 / 4
 
 
 class OutMessage:
@@ -51,26 +57,18 @@ class OutMessage:
 
 
 class OutStream:
-    """Per-destination state; used only by the scheduler thread."""
+    """The sending state of one stream: window, timers and what the peer is; used only
+    by the scheduler thread, which keeps its own bookkeeping in scheduler.Destination."""
 
-    def __init__(self, stream_id, host, port, next_seq, chunk):
+    def __init__(self, stream_id, chunk):
         self.id = stream_id
-        self.host = host
-        self.port = port
         self.chunk = chunk
-        self.assigned = next_seq  # seqs below are committed in mqout
         self.load_from = None  # next seq to read from mqout; None: find the lowest
         self.committed = 0  # the peer's committed point
         self.messages = collections.OrderedDict()  # seq -> OutMessage, ascending
         self.unsent = collections.deque()  # messages with fragments never sent
         self.retx = collections.deque()  # (message, fragment) to send again
         self.loaded_bytes = 0
-        # addressing
-        self.addr = None
-        self.resolve_error = None
-        self.resolving = False
-        self.next_resolve = 0.0
-        self.next_resolve_wait = 0.0
         # packets and timers
         self.sent = collections.OrderedDict()  # pn -> (time, frames)
         self.next_pn = 1
@@ -86,19 +84,13 @@ class OutStream:
         self.backoff = 1.0
         self.timeouts = 0  # in a row, without an acknowledgement in between
         self.timer = None  # when the oldest outstanding packet counts as lost
-        self.timer_queued = None  # the deadline last put on the scheduler's heap
         self.pace_at = 0.0  # when the next packet may leave (a window is not one burst)
-        self.stall_since = None
+        # the peer: its node id (0: not known yet) and run id (None: not known yet)
         self.peer_node = 0
         self.peer_boot = None
         self.last_heard = None
         self.waiting_since = None  # first send without an answer since
         self.unreachable = False
-        self.error_shown = None  # last_error text currently written to its rows
-
-    @property
-    def name(self):
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
     def base(self):
@@ -192,10 +184,12 @@ class OutStream:
     def current_rto(self):
         return self.rto * self.backoff
 
-    def on_ack(self, ack, now, retry_max):
-        """Apply an acknowledgement; returns the new committed point if it advanced."""
+    def on_ack(self, ack, now):
+        """Apply an acknowledgement; returns the new committed point if it advanced.
+        The peer answers: it is not unreachable (any more)."""
         self.last_heard = now
         self.waiting_since = None
+        self.unreachable = False
         self.peer_node = ack.header.src
         if self.peer_boot is not None and ack.boot != self.peer_boot:
             self.peer_restarted()
@@ -257,8 +251,8 @@ class OutStream:
             self.srtt = rtt
             self.rttvar = rtt / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+            self.rttvar += RTTVAR_GAIN * (abs(self.srtt - rtt) - self.rttvar)
+            self.srtt += SRTT_GAIN * (rtt - self.srtt)
         self.rto = max(MIN_RTO, self.srtt + 4 * self.rttvar)
 
     def _grow(self, packets):
@@ -280,7 +274,7 @@ class OutStream:
         sent = self.sent
         if not sent:
             return
-        threshold = 1.125 * (self.srtt or INITIAL_RTO)
+        threshold = LOSS_DELAY_RTT * (self.srtt or INITIAL_RTO)
         lost = []
         for pn, (when, _) in sent.items():
             if pn >= self.largest_acked:
@@ -332,7 +326,25 @@ class OutStream:
             return
 
     def jittered_rto(self):
-        return self.current_rto() * random.uniform(0.9, 1.1)
+        return self.current_rto() * random.uniform(1 - RTO_JITTER, 1 + RTO_JITTER)
+
+    def expect_peer(self, node):
+        """The destination is known to be this node (we are sending to ourselves)."""
+        self.peer_node = node
+
+    def on_hello(self, node, boot):
+        """A HELLO from the destination's address or node. Returns "replaced" when it
+        is another node than we knew (its database was replaced: what it held is gone),
+        "restarted" for a new run of the same node, else None."""
+        if self.peer_node and self.peer_node != node:
+            self.peer_node, self.peer_boot = node, boot
+            self.peer_restarted()
+            return "replaced"
+        if self.peer_boot is not None and self.peer_boot != boot:
+            self.peer_boot = boot
+            self.peer_restarted()
+            return "restarted"
+        return None
 
     def peer_restarted(self):
         """The peer's memory is gone: resend everything not yet committed."""

@@ -34,8 +34,7 @@ MAX_FRAGMENTS = 1 << 24
 # Message (before fragmentation): kind, token kind, sent-ts length, token length.
 MESSAGE_HEAD = struct.Struct("!BBHI")
 KIND_NULL, KIND_INTEGER, KIND_REAL, KIND_TEXT, KIND_BLOB = range(5)
-KINDS = {"null": KIND_NULL, "integer": KIND_INTEGER, "real": KIND_REAL,
-         "text": KIND_TEXT, "blob": KIND_BLOB}
+MAX_SENT_BYTES = 0xFFFF  # the sender's ts travels with a 16-bit length
 
 Header = collections.namedtuple("Header", "type flags port src dst")
 Data = collections.namedtuple("Data", "header stream boot pn base frames")

@@ -8,15 +8,19 @@ import logging
 import select
 import time
 
-from tinymqd import protocol
+from tinymqd import events, protocol
 from tinymqd.ratelimit import CountingLog
+from tinymqd.transport import format_endpoint
 from tinymqd.worker import Worker
 
 log = logging.getLogger("tinymqd.receiver")
 
-MAX_BURST = 256
+MAX_BURST = 256  # datagrams read before the rows go to the writer and ACKs go out
 RECV_SIZE = 65536
-HEARD_INTERVAL = 0.5  # tell the scheduler a peer is alive at most this often
+POLL_TIMEOUT_MS = 250  # wake up this often to show signs of life (the watchdog)
+HEARD_INTERVAL_S = 0.5  # tell the scheduler a peer is alive at most this often
+HELLO_INTERVAL_S = 1.0  # introduce ourselves to one address at most this often
+MAX_REMEMBERED = 10000  # addresses remembered for the two intervals above
 
 
 class Receiver(Worker):
@@ -30,7 +34,6 @@ class Receiver(Worker):
         self.inbound = inbound
         self.inbox = scheduler_inbox
         self.dropped = CountingLog(log, "bad datagrams")
-        self.datagrams = 0
         self._heard = {}
 
     def loop(self):
@@ -39,7 +42,7 @@ class Receiver(Worker):
         recv = self.sock.recvfrom
         while not self.stopping.is_set():
             self.beat()
-            if not poller.poll(250):
+            if not poller.poll(POLL_TIMEOUT_MS):
                 self.dropped.flush()
                 continue
             for _ in range(MAX_BURST):
@@ -55,7 +58,6 @@ class Receiver(Worker):
             self.inbound.flush()
 
     def handle(self, datagram, addr):
-        self.datagrams += 1
         try:
             message = protocol.decode(datagram)
         except protocol.BadDatagram as e:
@@ -84,9 +86,9 @@ class Receiver(Worker):
             if header.dst != self.node:
                 self.dropped.count("ack for another node", _where(addr))
                 return
-            self.inbox.put(("ack", message, addr))
+            self.inbox.put(events.AckArrived(message, addr))
         elif kind == protocol.HELLO:
-            self.inbox.put(("hello", message, addr))
+            self.inbox.put(events.HelloArrived(message, addr))
 
     def _introduce(self, header, addr):
         """Tell a sender that believes another node lives here who we are (its database
@@ -94,20 +96,24 @@ class Receiver(Worker):
         a second per address."""
         now = time.monotonic()
         key = ("hello", addr[0], addr[1])
-        if self._heard.get(key, 0.0) + 1.0 < now:
-            self._heard[key] = now
+        if self._remember(key, now, HELLO_INTERVAL_S):
             self.inbound.send(protocol.encode_hello(self.inbound.port, self.node,
                                                     header.src, self.inbound.boot), addr)
 
     def _note_heard(self, header, addr):
         now = time.monotonic()
-        key = (addr[0], header.port)
-        if self._heard.get(key, 0.0) + HEARD_INTERVAL < now:
-            if len(self._heard) > 10000:
-                self._heard.clear()
-            self._heard[key] = now
-            self.inbox.put(("heard", header.src, addr[0], header.port))
+        if self._remember((addr[0], header.port), now, HEARD_INTERVAL_S):
+            self.inbox.put(events.PeerHeard(header.src, addr[0], header.port))
+
+    def _remember(self, key, now, interval):
+        """True (and remember now) if `key` was not seen within `interval` seconds."""
+        if self._heard.get(key, 0.0) + interval >= now:
+            return False
+        if len(self._heard) > MAX_REMEMBERED:
+            self._heard.clear()
+        self._heard[key] = now
+        return True
 
 
 def _where(addr):
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+    return format_endpoint(addr[0], addr[1])

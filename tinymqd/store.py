@@ -4,17 +4,19 @@ import os
 import secrets
 import sqlite3
 
+from tinymqd.constants import DEFAULT_PORT
+
 
 class StoreError(Exception):
     """The database cannot be used; str() is the one line shown to the user."""
 
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS mqout (
     x          INTEGER PRIMARY KEY AUTOINCREMENT,
     ts         DEFAULT CURRENT_TIMESTAMP,
     host       TEXT,
-    port       INTEGER DEFAULT 9000,
+    port       INTEGER DEFAULT {DEFAULT_PORT},
     token      TEXT,
     data,
     last_error TEXT,
@@ -109,12 +111,21 @@ def _dest_host(row):
 
 
 def _dest_port(row):
-    return f"coalesce({row}.port, 9000)"
+    return f"coalesce({row}.port, {DEFAULT_PORT})"
+
+
+def row_problem(row):
+    """SQL: why the row cannot be sent (the text its last_error gets), NULL if it can.
+    This is the one rule: the triggers number exactly the rows it finds no problem in."""
+    return (f"CASE WHEN coalesce({_dest_host(row)}, '') = '' "
+            f"THEN 'host is empty: set it to a name or an IP address' "
+            f"WHEN NOT ({row}.port IS NULL OR (typeof({row}.port) = 'integer' "
+            f"AND {row}.port BETWEEN 1 AND 65535)) "
+            f"THEN 'port ' || quote({row}.port) || ' is not a number from 1 to 65535' END")
 
 
 def _usable(row):
-    return (f"{_dest_host(row)} <> '' AND ({row}.port IS NULL OR "
-            f"(typeof({row}.port) = 'integer' AND {row}.port BETWEEN 1 AND 65535))")
+    return f"({row_problem(row)}) IS NULL"
 
 
 _DEST_HOST, _DEST_PORT, _USABLE = _dest_host("NEW"), _dest_port("NEW"), _usable("NEW")
@@ -267,6 +278,28 @@ def initialize(path):
     except OSError as e:
         raise StoreError(f"database {path}: {e.strerror}") from None
     return node
+
+
+def known_senders(path):
+    """{(sender, stream): next sequence number expected} from tinymq_rx."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute("SELECT sender, stream, next_seq FROM tinymq_rx").fetchall()
+    finally:
+        conn.close()
+    return {(sender, stream): next_seq for sender, stream, next_seq in rows}
+
+
+def recent_senders(path, days):
+    """(sender node, host, port) of the peers that sent to us within `days`."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute("SELECT DISTINCT sender, shost, sport FROM tinymq_rx "
+                            "WHERE seen > datetime('now', ?)", (f"-{days} days",)).fetchall()
+    finally:
+        conn.close()
+    return [(sender, shost.decode("utf-8", "replace") if isinstance(shost, bytes) else shost,
+             sport) for sender, shost, sport in rows]
 
 
 def _columns(conn, table):

@@ -1,4 +1,4 @@
-"""The UDP socket and destination addresses."""
+"""The UDP socket, the one path datagrams leave by, and addresses."""
 
 import errno
 import ipaddress
@@ -27,12 +27,32 @@ def open_socket(bind, port):
         else:
             raise BindError(f"cannot listen on UDP [{bind}]:{port}: {e.strerror}") from None
     sock.setblocking(False)
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    for option, name in ((socket.SO_RCVBUF, "receive"), (socket.SO_SNDBUF, "send")):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
-        except OSError:
-            pass
+        except OSError as e:  # the default buffer works, it only drops sooner in bursts
+            log.debug("cannot set the socket's %s buffer to %d bytes: %s", name,
+                      BUFFER_BYTES, e.strerror)
     return sock
+
+
+class Sender:
+    """Sends datagrams on the daemon's socket for every thread (sendto is thread-safe
+    on a datagram socket). A failed send is counted, never raised: to the protocol it
+    is a lost datagram, which retransmission takes care of."""
+
+    def __init__(self, sock):
+        self._sendto = sock.sendto
+        self.errors = 0
+
+    def send(self, datagram, addr):
+        try:
+            self._sendto(datagram, addr)
+            return True
+        except OSError as e:
+            self.errors += 1
+            log.debug("send to %s failed: %s", format_endpoint(addr[0], addr[1]), e)
+            return False
 
 
 def _bound(family, bind, port):
@@ -81,6 +101,17 @@ def is_local(addr, family):
         return False
     finally:
         probe.close()
+
+
+def format_endpoint(host, port):
+    """host:port as admins write it: [v6]:port for IPv6, IPv4-mapped shown as IPv4."""
+    host = display_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def display_host(host):
+    """An address as an admin would write it: IPv4-mapped IPv6 shown as plain IPv4."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def same_endpoint(a, b):

@@ -8,7 +8,7 @@ CHUNK = protocol.chunk_size(1200)
 
 
 def stream_with(*sizes):
-    st = OutStream(1, "127.0.0.1", 9001, 1 + len(sizes), CHUNK)
+    st = OutStream(1, CHUNK)
     st.load_from = 1
     for seq, size in enumerate(sizes, start=1):
         st.add(OutMessage(seq, seq, b"m" * size, CHUNK))
@@ -51,7 +51,7 @@ def test_large_message_is_fragmented_below_the_datagram_limit():
 def test_committed_ack_releases_exactly_the_named_messages():
     st = stream_with(10, 10, 10)
     send_all(st)
-    assert st.on_ack(ack(3, [(1, 1)]), 0.01, 1.0) == 3
+    assert st.on_ack(ack(3, [(1, 1)]), 0.01) == 3
     assert list(st.messages) == [3]
     assert st.base == 3
 
@@ -59,14 +59,14 @@ def test_committed_ack_releases_exactly_the_named_messages():
 def test_packet_ack_without_commit_keeps_the_messages():
     st = stream_with(10, 10)
     send_all(st)
-    assert st.on_ack(ack(0, [(1, 1)]), 0.01, 1.0) is None
+    assert st.on_ack(ack(0, [(1, 1)]), 0.01) is None
     assert list(st.messages) == [1, 2] and not st.sent
 
 
 def test_gap_in_acknowledged_packets_is_retransmitted():
     st = stream_with(*[CHUNK] * 5)  # one message per packet
     send_all(st)
-    st.on_ack(ack(0, [(3, 5), (1, 1)]), 0.01, 1.0)  # packet 2 missing, 3 later ones in
+    st.on_ack(ack(0, [(3, 5), (1, 1)]), 0.01)  # packet 2 missing, 3 later ones in
     assert [(m.seq, f) for m, f in st.retx] == [(2, 0)]
     again = send_all(st, 0.02)
     assert [f.seq for p in again for f in p.frames] == [2]
@@ -86,12 +86,12 @@ def test_timeouts_back_off_up_to_retry_max_and_then_probe_with_one_packet():
 def test_a_lost_commit_acknowledgement_is_asked_for_again():
     st = stream_with(10)
     send_all(st)
-    st.on_ack(ack(0, [(1, 1)]), 0.01, 1.0)  # received, but the commit ack never comes
+    st.on_ack(ack(0, [(1, 1)]), 0.01)  # received, but the commit ack never comes
     assert st.timer is not None  # the stream waits for the commit with a timer
     st.on_timeout(st.timer, 1.0)
     again = send_all(st, 0.5)
     assert [(f.seq, f.frag) for p in again for f in p.frames] == [(1, 0)]
-    assert st.on_ack(ack(2, [(2, 2)]), 0.51, 1.0) == 2 and not st.messages
+    assert st.on_ack(ack(2, [(2, 2)]), 0.51) == 2 and not st.messages
 
 
 def test_unreachable_is_reported_once_after_a_while():
@@ -105,9 +105,9 @@ def test_unreachable_is_reported_once_after_a_while():
 def test_peer_restart_resends_what_it_held_but_had_not_committed():
     st = stream_with(10, 10)
     send_all(st)
-    st.on_ack(ack(0, [(1, 1)], boot=7), 0.01, 1.0)
+    st.on_ack(ack(0, [(1, 1)], boot=7), 0.01)
     assert not send_all(st)
-    st.on_ack(ack(0, [], boot=8), 0.02, 1.0)  # a new boot id: its memory is gone
+    st.on_ack(ack(0, [], boot=8), 0.02)  # a new boot id: its memory is gone
     assert [f.seq for p in send_all(st) for f in p.frames] == [1, 2]
 
 
@@ -122,7 +122,7 @@ def test_cancel_moves_the_base_past_deleted_rows():
 def test_ack_cannot_release_more_than_was_sent_by_ranges():
     st = stream_with(10)
     send_all(st)
-    st.on_ack(ack(0, [(1, 10**9)]), 0.01, 1.0)  # absurd range: clamped, no crash
+    st.on_ack(ack(0, [(1, 10**9)]), 0.01)  # absurd range: clamped, no crash
     assert not st.sent and list(st.messages) == [1]
 
 
@@ -130,7 +130,7 @@ def test_a_window_is_paced_not_sent_as_one_burst():
     st = stream_with(*[CHUNK] * 200)
     st.cwnd = 100
     send_all(st, now=0.0)  # before any RTT sample: no pacing information yet
-    st.on_ack(ack(0, [(1, 100)]), 0.010, 1.0)  # srtt is now 10 ms
+    st.on_ack(ack(0, [(1, 100)]), 0.010)  # srtt is now 10 ms
     burst = 0
     while st.can_send() and st.may_send_at(0.010):
         pn, _, frames = st.build_packet(1200, PORT, NODE, BOOT)

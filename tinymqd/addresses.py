@@ -1,0 +1,138 @@
+"""Where destinations are: resolves names off the scheduler thread, again every minute
+and after failures, and tells the admin (log, last_error) when a destination does not
+resolve, stops answering, or comes back."""
+
+import concurrent.futures
+import datetime
+import logging
+import time
+
+from tinymqd import events, transport
+
+log = logging.getLogger("tinymqd.scheduler")
+
+RESOLVER_THREADS = 4  # a slow name server delays at most this many lookups at once
+RESOLVE_RETRY_FIRST_S = 1.0  # wait before resolving a name again after a failure ...
+RESOLVE_RETRY_MAX_S = 60.0  # ... doubling up to this
+RERESOLVE_INTERVAL_S = 60.0  # names are looked up again this often (addresses move)
+
+
+class Endpoint:
+    """The address of one destination (host, port) and the state of resolving it."""
+
+    __slots__ = ("host", "port", "name", "addr", "error", "resolving", "next_resolve",
+                 "retry_wait")
+
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+        self.name = transport.format_endpoint(host, port)
+        self.addr = None  # the socket address datagrams go to, once known
+        self.error = None  # why the last lookup failed
+        self.resolving = False
+        self.next_resolve = 0.0
+        self.retry_wait = 0.0
+
+    @property
+    def is_name(self):
+        return transport.literal_address(self.host) is None
+
+
+class AddressBook:
+    """Resolution for the scheduler. Lookups of names run on a small thread pool; their
+    results come back through the inbox as events.AddressResolved. Methods that may set
+    an address return True when they did (the caller then sends)."""
+
+    def __init__(self, family, inbox, show_error):
+        self.family = family
+        self.inbox = inbox
+        self.show_error = show_error  # show_error(destination, text or None)
+        self.pool = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolver")
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def need(self, dest):
+        """Make sure the destination's address is known or being looked up."""
+        ep = dest.endpoint
+        if ep.addr is not None or ep.resolving:
+            return False
+        if not ep.is_name:  # an IP literal: no lookup to wait for
+            try:
+                ep.addr = transport.resolve(ep.host, ep.port, self.family)
+            except OSError as e:
+                self._unresolved(dest, str(e))
+                return False
+            return True
+        self._look_up(dest)
+        return False
+
+    def _look_up(self, dest):
+        ep = dest.endpoint
+        ep.resolving = True
+        future = self.pool.submit(transport.resolve, ep.host, ep.port, self.family)
+        future.add_done_callback(
+            lambda f, i=dest.id: self.inbox.put(events.AddressResolved(i, f)))
+
+    def on_resolved(self, dest, future):
+        ep = dest.endpoint
+        ep.resolving = False
+        try:
+            addr = future.result()
+        except concurrent.futures.CancelledError:
+            return False
+        except (OSError, UnicodeError) as e:
+            self._unresolved(dest, getattr(e, "strerror", None) or str(e))
+            return False
+        if ep.error:
+            log.info("host %s resolves again (%s)", ep.name, addr[0],
+                     extra={"PEER": ep.name})
+            ep.error = None
+            self.show_error(dest, None)
+        elif ep.addr is not None and ep.addr[:2] != addr[:2]:
+            log.info("destination %s moved from %s to %s", ep.name, ep.addr[0], addr[0],
+                     extra={"PEER": ep.name})
+        ep.addr = addr
+        ep.next_resolve = time.monotonic() + RERESOLVE_INTERVAL_S
+        return True
+
+    def _unresolved(self, dest, reason):
+        ep = dest.endpoint
+        wait = RESOLVE_RETRY_FIRST_S if ep.error is None else min(
+            RESOLVE_RETRY_MAX_S, 2 * max(RESOLVE_RETRY_FIRST_S, ep.retry_wait))
+        ep.retry_wait = wait
+        ep.next_resolve = time.monotonic() + wait
+        if ep.error is None and ep.addr is None:
+            log.warning("cannot resolve destination %s: %s; rows wait and it is tried again",
+                        ep.name, reason, extra={"PEER": ep.name})
+        ep.error = reason
+        if ep.addr is None:
+            self.show_error(dest, f"host {ep.host!r} does not resolve ({reason}); retrying")
+
+    def refresh(self, dests, now):
+        """Look up again the names of destinations with rows waiting: those that did not
+        resolve, when their retry is due, and the others every minute."""
+        for dest in dests:
+            ep = dest.endpoint
+            if ep.resolving or ep.next_resolve > now or (ep.addr is not None
+                                                          and not ep.is_name):
+                continue
+            if ep.addr is None:
+                self.need(dest)
+            else:
+                self._look_up(dest)
+
+    def unreachable(self, dest, waiting_since, now, retry_max):
+        """The destination has not answered since `waiting_since` (monotonic)."""
+        ep = dest.endpoint
+        since = datetime.datetime.now().astimezone() - datetime.timedelta(
+            seconds=now - waiting_since)
+        log.warning("destination %s is not answering; retrying every %.1f s",
+                    ep.name, retry_max, extra={"PEER": ep.name})
+        self.show_error(dest, f"no answer from {ep.name} since "
+                              f"{since:%Y-%m-%d %H:%M:%S %z}; retrying")
+
+    def back(self, dest):
+        log.info("destination %s is back", dest.endpoint.name,
+                 extra={"PEER": dest.endpoint.name})
+        self.show_error(dest, None)
