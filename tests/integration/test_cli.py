@@ -312,23 +312,12 @@ def test_existing_database_with_application_tables_is_kept(make_daemon):
     a.stop()
 
 
-def make_pre_tinymq_database(path):
-    """The SPEC's two tables, as an application (or the old Perl tinymq) makes them."""
-    con = sqlite3.connect(path)
-    con.executescript(
-        "CREATE TABLE mqout (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,"
-        " host TEXT, port INTEGER, token TEXT, data);"
-        "CREATE TABLE mqin (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,"
-        " shost TEXT, sport INTEGER, token TEXT, data);")
-    con.close()
-
-
 def test_rows_queued_before_tinymqd_first_ran_go_first_in_order(make_daemon, start_daemon):
     """A database an application (or the old Perl tinymq) filled before tinymqd ever ran:
     its rows are delivered, and rows inserted after start follow them, in x order."""
     b = start_daemon("b")
     a = make_daemon("a")
-    make_pre_tinymq_database(a.db)
+    dbmod.make_app_database(a.db)
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "legacy", 3000)
     dbmod.sqlite_cli(a.db, "INSERT INTO mqout (host, port, token, data) VALUES ('', 1, 'bad', 'x');")
     a.start()
@@ -343,7 +332,7 @@ def test_killed_while_numbering_rows_from_before_tinymqd_loses_no_order(make_dae
     """SIGKILL while the old rows are being numbered, rows added while it is down: after
     the restart every row arrives once, in x order."""
     a, b = make_daemon("a"), make_daemon("b")
-    make_pre_tinymq_database(a.db)
+    dbmod.make_app_database(a.db)
     b_port = b.port  # b is not running yet: a can only number, not deliver
     dbmod.enqueue_series(a.db, "127.0.0.1", b_port, "legacy", 20000)
     a.start()

@@ -7,28 +7,8 @@ import time
 import pytest
 
 from tests.support import db as dbmod
-from tests.support.checks import assert_exactly_once_in_order
+from tests.support.checks import assert_series_delivered
 from tests.support.wait import holds_for, wait_until
-
-
-def wait_delivered(sender, receiver, tag, expected, timeout, consumed=()):
-    """Wait until the sender has no rows of tag left and the receiver has them all; check
-    that nothing more trickles in; return the numbers received (consumed ones first)."""
-    n = len(expected)
-    consumed = list(consumed)
-
-    def done():
-        return (sender.count("mqout", "token=?", (tag,)) == 0 and
-                len(consumed) + receiver.count("mqin", "token=?", (tag,)) >= n)
-
-    wait_until(done, timeout, f"{tag}: {n} messages delivered",
-               describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
-    have = receiver.count("mqin", "token=?", (tag,))
-    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == have, 0.5,
-              f"{tag}: no late duplicates")
-    numbers = consumed + dbmod.series_numbers(receiver.db, tag)
-    assert_exactly_once_in_order(numbers, expected, tag)
-    return numbers
 
 
 @pytest.mark.slow
@@ -38,7 +18,7 @@ def test_10000_messages_exactly_once_in_order(pair):
     t0 = time.monotonic()
     first, last = dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "bulk", 10000)
     assert last - first == 9999
-    wait_delivered(a, b, "bulk", range(1, 10001), timeout=120)
+    assert_series_delivered(a, b, "bulk", 10000, 120)
     took = time.monotonic() - t0
     print(f"10,000 messages in {took:.1f} s ({10000 / took:.0f}/s)")
     # mqin order by x matches the sender's order by x
@@ -74,7 +54,7 @@ def test_stop_mid_transfer_then_restart_exactly_once_in_order(pair, victim, sig)
             kills += 1
         target.start()
     assert kills >= 1, f"transfer finished before any kill could land mid-transfer (n={n})"
-    wait_delivered(a, b, tag, range(1, n + 1), timeout=60)
+    assert_series_delivered(a, b, tag, n, 60)
     a.stop()
     b.stop()
 
@@ -89,14 +69,14 @@ def test_consumer_deletes_mqin_rows_before_sender_restarts(pair):
     a.kill()
     # the consumer processes and deletes what arrived
     rows = b.query("SELECT x, data FROM mqin WHERE token=? ORDER BY x", (tag,))
-    consumed = [int(d.split("-")[1]) for _x, d in rows]
+    consumed = dbmod.numbers_in([(d,) for _x, d in rows], tag)
     dbmod.sqlite_cli(b.db, f"DELETE FROM mqin WHERE token='{tag}' AND x <= {rows[-1][0]};")
     assert a.count("mqout", "token=?", (tag,)) > 0, "sender finished before the kill"
     # the receiver crashes too: its duplicate suppression must not live in mqin rows
     b.kill()
     b.start()
     a.start()
-    wait_delivered(a, b, tag, range(1, n + 1), timeout=60, consumed=consumed)
+    assert_series_delivered(a, b, tag, n, 60, consumed=consumed)
     # the consumer deletes everything; a second restart of both must not resend anything
     dbmod.sqlite_cli(b.db, "DELETE FROM mqin;")
     a.restart()
@@ -119,13 +99,13 @@ def test_consumer_deleting_while_receiving(pair):
     while time.monotonic() < deadline:
         rows = b.query("SELECT x, data FROM mqin WHERE token=? ORDER BY x", (tag,))
         if rows:
-            consumed += [int(d.split("-")[1]) for _x, d in rows]
+            consumed += dbmod.numbers_in([(d,) for _x, d in rows], tag)
             dbmod.sqlite_cli(b.db, f"DELETE FROM mqin WHERE x <= {rows[-1][0]};")
         elif a.count("mqout", "token=?", (tag,)) == 0:
             break
         else:
             time.sleep(0.02)
-    wait_delivered(a, b, tag, range(1, n + 1), timeout=10, consumed=consumed)
+    assert_series_delivered(a, b, tag, n, 10, consumed=consumed)
     a.stop()
     b.stop()
 
@@ -136,7 +116,7 @@ def test_sender_with_a_new_database_is_not_taken_for_a_duplicate(pair):
     not drop those as duplicates of the old ones (tinymq.pl lost them)."""
     a, b = pair
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "fresh", 5)
-    wait_delivered(a, b, "fresh", range(1, 6), timeout=15)
+    assert_series_delivered(a, b, "fresh", 5, 15)
     a.stop()
     for suffix in ("", "-wal", "-shm"):
         p = a.db.with_name(a.db.name + suffix)
@@ -145,7 +125,7 @@ def test_sender_with_a_new_database_is_not_taken_for_a_duplicate(pair):
     a.start()
     first, _last = dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "fresh", 5, start=6)
     assert first == 1, "a fresh database starts x at 1 (the point of this test)"
-    wait_delivered(a, b, "fresh", range(1, 11), timeout=15)
+    assert_series_delivered(a, b, "fresh", 10, 15)
     a.stop()
     b.stop()
 
@@ -155,8 +135,8 @@ def test_two_senders_to_one_receiver_each_in_order(start_daemon):
     a, c, b = start_daemon("a"), start_daemon("c"), start_daemon("b")
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "from-a", 2000)
     dbmod.enqueue_series(c.db, "127.0.0.1", b.port, "from-c", 2000)
-    wait_delivered(a, b, "from-a", range(1, 2001), timeout=40)
-    wait_delivered(c, b, "from-c", range(1, 2001), timeout=40)
+    assert_series_delivered(a, b, "from-a", 2000, 40)
+    assert_series_delivered(c, b, "from-c", 2000, 40)
     assert {r[0] for r in b.query("SELECT sport FROM mqin WHERE token='from-a'")} == {a.port}
     assert {r[0] for r in b.query("SELECT sport FROM mqin WHERE token='from-c'")} == {c.port}
     for d in (a, b, c):

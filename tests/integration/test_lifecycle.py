@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import db as dbmod
+from tests.support.checks import assert_series_delivered
 from tests.support.wait import wait_until
 
 
@@ -70,10 +71,8 @@ def test_sigterm_under_load_exits_0_within_2s_and_loses_nothing(pair):
     b.stop()
     a.start()
     b.start()
-    wait_until(lambda: a.count("mqout") == 0 and b.count("mqout") == 0, 60, "all delivered",
-               describe=lambda: dbmod.describe_queues(a.db, b.db))
-    assert dbmod.series_numbers(b.db, "load") == list(range(1, 5001))
-    assert dbmod.series_numbers(a.db, "back") == list(range(1, 5001))
+    assert_series_delivered(a, b, "load", 5000, 60)
+    assert_series_delivered(b, a, "back", 5000, 30)
     a.stop()
     b.stop()
 

@@ -38,27 +38,14 @@ def assert_exactly_once_in_order(numbers, expected, what="messages"):
     assert not problems, f"{what}: not exactly once in order: {problems}"
 
 
-def numbers_of(rows, tag):
-    """The numbers i of data '<tag>-<i:06d>...' (str or bytes) in rows of (data,)."""
-    out = []
-    cut = len(tag) + 1
-    for (data,) in rows:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8", "replace")
-        out.append(int(data[cut:cut + 6]))
-    return out
-
-
 def handoff_problems(sender, receiver, tag, enqueued):
     """The durable hand-off so far, for messages '<tag>-<i>' i = 1..enqueued from the
     Daemon `sender` to the Daemon `receiver`: the receiver's mqin holds exactly 1..k in
     order, and every row gone from the sender's mqout is among them (nothing was
     acknowledged before it was committed). The sender is read first: its rows leave only
     after the receiver has stored them. Returns '' when all is well."""
-    pending = set(numbers_of(sender.query(
-        "SELECT substr(data, 1, 40) FROM mqout WHERE token=?", (tag,)), tag))
-    got = numbers_of(receiver.query("SELECT substr(data, 1, 40) FROM mqin WHERE token=? "
-                                    "ORDER BY x", (tag,)), tag)
+    pending = set(dbmod.series_numbers(sender.db, tag, table="mqout"))
+    got = dbmod.series_numbers(receiver.db, tag)
     problems = series_problems(got, range(1, len(got) + 1))
     if problems:
         return f"{tag}: receiver's mqin is not 1..{len(got)}: {problems}"
@@ -69,13 +56,24 @@ def handoff_problems(sender, receiver, tag, enqueued):
     return ""
 
 
-def assert_series_delivered(sender, receiver, tag, total, timeout):
-    """Every message '<tag>-<i>' i = 1..total arrives exactly once, in order."""
+def assert_handoff(sender, receiver, tag, enqueued):
+    """handoff_problems() as an assertion; True when all is well (for holds_for)."""
+    problems = handoff_problems(sender, receiver, tag, enqueued)
+    assert not problems, problems
+    return True
+
+
+def assert_series_delivered(sender, receiver, tag, total, timeout, consumed=()):
+    """Every message '<tag>-<i>' i = 1..total arrives exactly once, in order: the sender's
+    mqout has none left, the receiver's mqin has them all and no more come late.
+    `consumed` are the numbers a consumer has already read and deleted from that mqin."""
+    consumed = list(consumed)
+    left = total - len(consumed)
     wait_until(lambda: sender.count("mqout", "token=?", (tag,)) == 0 and
-               receiver.count("mqin", "token=?", (tag,)) >= total, timeout,
+               receiver.count("mqin", "token=?", (tag,)) >= left, timeout,
                f"{tag}: all {total} delivered",
                describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
-    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == total, 1.0,
+    holds_for(lambda: receiver.count("mqin", "token=?", (tag,)) == left, 1.0,
               f"{tag}: no late duplicates")
-    assert_exactly_once_in_order(dbmod.series_numbers(receiver.db, tag),
+    assert_exactly_once_in_order(consumed + dbmod.series_numbers(receiver.db, tag),
                                  range(1, total + 1), tag)

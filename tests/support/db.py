@@ -1,6 +1,7 @@
 """The application side of tinymq: the real `sqlite3` CLI to enqueue, read-only SQLite to look."""
 
 import os
+import re
 import sqlite3
 import subprocess
 import tempfile
@@ -114,19 +115,66 @@ def enqueue_many(db, rows, timeout_ms=5000):
     return [int(line) for line in out.split()]
 
 
-def enqueue_series(db, host, port, tag, count, start=1, pad=0, timeout_ms=10000):
-    """INSERT `count` rows with token=tag and data '<tag>-<i:06d>' (plus `pad` dots),
-    i = start .. start+count-1, in that order of x, with one recursive-CTE statement.
-    Returns (first x, last x)."""
+def series_sql(host, port, tag, count, start=1, pad=0):
+    """One INSERT statement (a recursive CTE) of `count` rows with token=tag and data
+    '<tag>-<i:06d>' (plus `pad` dots), i = start .. start+count-1, in that order of x."""
     end = start + count - 1
     padding = f" || substr(replace(hex(zeroblob({pad})), '00', '..'), 1, {pad})" if pad else ""
-    sql = (f"WITH RECURSIVE c(i) AS (SELECT {start} UNION ALL SELECT i+1 FROM c WHERE i<{end}) "
-           f"INSERT INTO mqout (host,port,token,data) "
-           f"SELECT {sql_literal(host)}, {sql_literal(port)}, {sql_literal(tag)}, "
-           f"printf('%s-%06d', {sql_literal(tag)}, i){padding} FROM c ORDER BY i;\n"
-           f"SELECT last_insert_rowid();\n")
+    return (f"WITH RECURSIVE c(i) AS (SELECT {start} UNION ALL SELECT i+1 FROM c WHERE i<{end}) "
+            f"INSERT INTO mqout (host,port,token,data) "
+            f"SELECT {sql_literal(host)}, {sql_literal(port)}, {sql_literal(tag)}, "
+            f"printf('%s-%06d', {sql_literal(tag)}, i){padding} FROM c ORDER BY i")
+
+
+def enqueue_series(db, host, port, tag, count, start=1, pad=0, timeout_ms=10000):
+    """series_sql() run by the sqlite3 CLI. Returns (first x, last x)."""
+    sql = series_sql(host, port, tag, count, start, pad) + ";\nSELECT last_insert_rowid();\n"
     last = int(sqlite_cli(db, sql, timeout_ms=timeout_ms).strip().splitlines()[-1])
     return last - count + 1, last
+
+
+def insert_series(db, host, port, tag, count, start=1, pad=0):
+    """series_sql() run by Python's sqlite3 module, as an application library would (it
+    waits up to 30 s for the lock). Returns (first x, last x) once committed."""
+    con = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+    try:
+        con.execute(series_sql(host, port, tag, count, start, pad))
+        (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
+    finally:
+        con.close()
+    return last - count + 1, last
+
+
+def plain_insert(db, host, port, token, data):
+    """One INSERT exactly as README.md shows it and users type it: `sqlite3 DB "INSERT
+    ..."` with the port as a string and no busy timeout (.timeout). Returns '' when it
+    worked, else what sqlite3 said (e.g. "database is locked")."""
+    sql = (f"INSERT into mqout (host,port,token,data) VALUES ({sql_literal(host)},"
+           f"{sql_literal(str(port))},{sql_literal(token)},{sql_literal(data)});")
+    proc = subprocess.run([SQLITE3, str(db), sql], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 or proc.stderr.strip():
+        return proc.stderr.strip() or f"sqlite3 exited with {proc.returncode}"
+    return ""
+
+
+APP_TABLES = """
+CREATE TABLE mqout (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,
+                    host TEXT, port INTEGER DEFAULT 9000, token TEXT, data, last_error TEXT);
+CREATE TABLE mqin (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,
+                   shost TEXT, sport INTEGER, token TEXT, data);
+"""
+
+
+def make_app_database(path, wal=False):
+    """mqout and mqin as README.md describes them, made by an application (or tinymq.pl)
+    before tinymqd first runs on the database: nothing of the daemon's in it yet."""
+    con = sqlite3.connect(str(path))
+    try:
+        if wal:
+            con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(APP_TABLES)
+    finally:
+        con.close()
 
 
 def connect_ro(db):
@@ -135,13 +183,20 @@ def connect_ro(db):
     return con
 
 
-def query(db, sql, params=()):
-    """Rows of a read-only query; [] when the database or table does not exist yet."""
+def max_x(con, table="mqin"):
+    """The highest x in table (0 when empty) through an open connection: cheap enough to
+    poll while a transfer is timed."""
+    return con.execute(f"SELECT coalesce(max(x), 0) FROM {table}").fetchone()[0]
+
+
+def query(db, sql, params=(), consume=list):
+    """consume(rows) of a read-only query (a list of the rows by default); [] when the
+    database or table does not exist yet."""
     if not os.path.exists(db):
         return []
     con = connect_ro(db)
     try:
-        return con.execute(sql, params).fetchall()
+        return consume(con.execute(sql, params))
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return []
@@ -167,17 +222,28 @@ def columns(db, table):
     return [r[1] for r in query(db, f"PRAGMA table_info({table})")]
 
 
-def series_numbers(db, tag, table="mqin"):
-    """The numbers i of rows '<tag>-<i>' in table, in order of x."""
-    rows = query(db, f"SELECT data FROM {table} WHERE token=? ORDER BY x", (tag,))
+_NUMBER = re.compile(r"\d+")
+
+
+def numbers_in(rows, tag):
+    """The numbers i of data '<tag>-<i>...' (str or bytes; i in decimal, zero-padded, then
+    anything) in rows of (data,), in the rows' order."""
     out = []
     prefix = tag + "-"
     for (data,) in rows:
         if isinstance(data, bytes):
             data = data.decode("utf-8", "replace")
-        assert isinstance(data, str) and data.startswith(prefix), f"unexpected row data {data[:80]!r}"
-        out.append(int(data[len(prefix):len(prefix) + 6]))
+        m = isinstance(data, str) and data.startswith(prefix) and _NUMBER.match(data, len(prefix))
+        assert m, f"unexpected row data {str(data)[:80]!r} (expected {prefix!r} and a number)"
+        out.append(int(m.group()))
     return out
+
+
+def series_numbers(db, tag, table="mqin"):
+    """The numbers i of the rows '<tag>-<i>...' with token=tag in table, in order of x."""
+    # Only the head of each row, and row by row: a series may have a million rows.
+    return query(db, f"SELECT substr(data, 1, {len(tag) + 30}) FROM {table} WHERE token=? "
+                     "ORDER BY x", (tag,), consume=lambda rows: numbers_in(rows, tag))
 
 
 def describe_queues(*dbs):
