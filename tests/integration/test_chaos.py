@@ -7,55 +7,23 @@ import signal
 import pytest
 
 from tests.support import db as dbmod
-from tests.support.checks import assert_series_delivered
+from tests.support.chaos import FAULTS, Direction, mixed
 from tests.support.wait import holds_for, wait_until
-
-CHAOS = dict(loss=10, dup=5, reorder=5, delay_ms=1, jitter_ms=5)
-
-
-def big(tag, i, size=50000):
-    """A deterministic ~50 KB message (many fragments) numbered i."""
-    head = f"{tag}-{i:06d}:"
-    body = hashlib.shake_256(head.encode()).hexdigest(size // 2)
-    return (head + body)[:size]
-
-
-def enqueue_mix(db, port, tag, n_small, big_every):
-    """n_small small messages with a 50 KB one after every `big_every`; all numbered in
-    one sequence. Returns the list of numbers that are big."""
-    rows, bigs, i = [], [], 0
-    for k in range(n_small):
-        i += 1
-        rows.append(("127.0.0.1", port, tag, f"{tag}-{i:06d}"))
-        if big_every and k % big_every == big_every - 1:
-            i += 1
-            rows.append(("127.0.0.1", port, tag, big(tag, i)))
-            bigs.append(i)
-    for start in range(0, len(rows), 1000):
-        dbmod.enqueue_many(db, rows[start:start + 1000])
-    return i, bigs
-
-
-def check_stream(sender, receiver, tag, total, bigs, timeout):
-    assert_series_delivered(sender, receiver, tag, total, timeout)
-    for i in bigs:
-        got = receiver.query("SELECT data FROM mqin WHERE token=? AND data LIKE ?",
-                             (tag, f"{tag}-{i:06d}:%"))
-        assert got == [(big(tag, i),)], f"{tag}: big message {i} corrupted or missing"
-    ports = {r[0] for r in receiver.query("SELECT sport FROM mqin WHERE token=?", (tag,))}
-    assert ports == {sender.port}, f"sport must be the sender's listening port: {ports}"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_both_ways_through_lossy_duplicating_reordering_relays(pair, make_relay):
+    """3,000 and 1,500 small messages, with a 50 KB one after every 300."""
     a, b = pair
-    to_b = make_relay(("127.0.0.1", b.port), seed=11, **CHAOS)
-    to_a = make_relay(("127.0.0.1", a.port), seed=12, **CHAOS)
-    total_ab, bigs_ab = enqueue_mix(a.db, to_b.port, "ab", 3000, 300)
-    total_ba, bigs_ba = enqueue_mix(b.db, to_a.port, "ba", 1500, 300)
-    check_stream(a, b, "ab", total_ab, bigs_ab, timeout=150)
-    check_stream(b, a, "ba", total_ba, bigs_ba, timeout=30)
+    to_b = make_relay(("127.0.0.1", b.port), seed=11, **FAULTS)
+    to_a = make_relay(("127.0.0.1", a.port), seed=12, **FAULTS)
+    ab = Direction("ab", a, b, to_b, 3010, mixed("ab", 301))
+    ba = Direction("ba", b, a, to_a, 1505, mixed("ba", 301))
+    for d in (ab, ba):
+        d.enqueue_upto(d.total)
+    ab.assert_complete(timeout=150)
+    ba.assert_complete(timeout=30)
     st = to_b.snapshot()
     print("relay a->b:", st)
     assert st["forward"]["dropped"] > 0 and st["forward"]["duplicated"] > 0
@@ -66,14 +34,17 @@ def test_both_ways_through_lossy_duplicating_reordering_relays(pair, make_relay)
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_through_chaos_with_kills_and_restarts(pair, make_relay):
+    """3,000 small messages with a 50 KB one after every 500, while A and B are killed
+    (SIGKILL) and stopped (SIGTERM) in turn."""
     a, b = pair
-    relay = make_relay(("127.0.0.1", b.port), seed=21, **CHAOS)
-    total, bigs = enqueue_mix(a.db, relay.port, "k", 3000, 500)
+    relay = make_relay(("127.0.0.1", b.port), seed=21, **FAULTS)
+    k = Direction("k", a, b, relay, 3006, mixed("k", 501))
+    k.enqueue_upto(k.total)
     steps = [(0.15, a, signal.SIGKILL), (0.35, b, signal.SIGKILL), (0.55, a, signal.SIGTERM),
              (0.75, b, signal.SIGTERM)]
     mid = 0
     for fraction, victim, sig in steps:
-        wait_until(lambda: b.count("mqin") >= total * fraction, 120, f"{fraction:.0%} delivered",
+        wait_until(lambda: k.delivered() >= k.total * fraction, 120, f"{fraction:.0%} delivered",
                    interval=0.01, describe=lambda: dbmod.describe_queues(a.db, b.db))
         if sig == signal.SIGKILL:
             victim.kill()
@@ -82,7 +53,7 @@ def test_through_chaos_with_kills_and_restarts(pair, make_relay):
         mid += a.count("mqout") > 0
         victim.start()
     assert mid >= 2, "the transfer ended before the kills"
-    check_stream(a, b, "k", total, bigs, timeout=120)
+    k.assert_complete(timeout=120)
     a.stop()
     b.stop()
 

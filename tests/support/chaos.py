@@ -6,15 +6,19 @@ are defined by delivery progress, not by wall-clock time, so they repeat too up 
 machine's timing).
 
     figures = ChaosRun(make_daemon, make_relay, seed=1, n_ab=3000, n_ba=1000, kills=6).run()
+
+Direction is one stream of such numbered messages through a relay, for tests that
+script their own faults: enqueue, check the hand-off at any moment, check the end.
 """
 
+import functools
 import hashlib
 import os
 import random
 import time
 
 from tests.support import db as dbmod
-from tests.support.checks import handoff_problems, series_problems
+from tests.support.checks import assert_handoff, assert_series_delivered, series_problems
 from tests.support.wait import holds_for, wait_until
 
 FAULTS = dict(loss=10, dup=5, reorder=5, delay_ms=1, jitter_ms=5)
@@ -30,13 +34,25 @@ def payload(seed, tag, i):
     return f"{tag}-{i:06d}:" + h.hexdigest(size // 2 + 1)[:size]
 
 
-class Direction:
-    """One direction of traffic: sender daemon -> relay -> receiver daemon."""
+def mixed(tag, big_every, big_size=50000):
+    """Message i: '<tag>-<i:06d>', and every big_every-th one a deterministic message of
+    big_size bytes (many fragments)."""
+    def make(i):
+        head = f"{tag}-{i:06d}"
+        if i % big_every:
+            return head
+        return (head + ":" + hashlib.shake_256(head.encode()).hexdigest(big_size // 2))[:big_size]
+    return make
 
-    def __init__(self, seed, tag, sender, receiver, relay, total, chunk):
-        self.seed, self.tag = seed, tag
+
+class Direction:
+    """One direction of traffic: sender daemon -> relay -> receiver daemon; message i
+    (1..total) is make(i), which starts with '<tag>-<i:06d>'."""
+
+    def __init__(self, tag, sender, receiver, relay, total, make, chunk=1000):
+        self.tag = tag
         self.sender, self.receiver, self.relay = sender, receiver, relay
-        self.total, self.chunk = total, chunk
+        self.total, self.make, self.chunk = total, make, chunk
         self.enqueued = 0
 
     def delivered(self):
@@ -47,23 +63,27 @@ class Direction:
         n = min(n, self.total)
         while self.enqueued < n:
             upto = min(n, self.enqueued + self.chunk)
-            rows = [("127.0.0.1", self.relay.port, self.tag, payload(self.seed, self.tag, i))
+            rows = [("127.0.0.1", self.relay.port, self.tag, self.make(i))
                     for i in range(self.enqueued + 1, upto + 1)]
             dbmod.enqueue_many(self.sender.db, rows, timeout_ms=20000)
             self.enqueued = upto
 
     def check_so_far(self):
-        problems = handoff_problems(self.sender, self.receiver, self.tag, self.enqueued)
-        assert not problems, problems
+        assert_handoff(self.sender, self.receiver, self.tag, self.enqueued)
+
+    def assert_complete(self, timeout):
+        """All `total` arrive exactly once, in order, intact, from the sender's port."""
+        assert_series_delivered(self.sender, self.receiver, self.tag, self.total, timeout)
+        assert_direction_clean(self.tag, self.final_figures())
 
     def final_figures(self):
         rows = self.receiver.query("SELECT data, typeof(data), sport FROM mqin WHERE token=? "
                                    "ORDER BY x", (self.tag,))
-        numbers = [int(d[len(self.tag) + 1:len(self.tag) + 7]) for d, _t, _p in rows]
+        numbers = dbmod.numbers_in([(d,) for d, _t, _p in rows], self.tag)
         distinct = set(numbers)
         out_of_order = sum(1 for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1])
         corrupted = [n for (d, t, _p), n in zip(rows, numbers)
-                     if t != "text" or d != payload(self.seed, self.tag, n)]
+                     if t != "text" or d != self.make(n)]
         ports = {p for _d, _t, p in rows}
         return {
             "sent": self.total, "received": len(numbers),
@@ -153,8 +173,9 @@ class ChaosRun:
         to_b = self.make_relay(("127.0.0.1", b.port), seed=f"{self.seed}:to_b", **self.faults)
         to_a = self.make_relay(("127.0.0.1", a.port), seed=f"{self.seed}:to_a", **self.faults)
         self.relays = {"a->b": to_b, "b->a": to_a}
-        ab = Direction(self.seed, "ab", a, b, to_b, self.n_ab, 1000)
-        ba = Direction(self.seed, "ba", b, a, to_a, self.n_ba, 500)
+        ab = Direction("ab", a, b, to_b, self.n_ab, functools.partial(payload, self.seed, "ab"))
+        ba = Direction("ba", b, a, to_a, self.n_ba, functools.partial(payload, self.seed, "ba"),
+                       chunk=500)
         self.dirs = [ab, ba]
         total = self.n_ab + self.n_ba
         self._top_up()
@@ -213,8 +234,13 @@ def format_figures(f):
     return "\n".join(lines)
 
 
+def assert_direction_clean(name, d):
+    """Direction.final_figures() `d`: nothing lost, duplicated, reordered or changed."""
+    assert (d["lost"], d["duplicated"], d["out_of_order"], d["corrupted"],
+            d["unexpected"]) == (0, 0, 0, 0, 0), f"{name}: {d['problems']} ({d})"
+    assert d["sport_ok"], f"{name}: mqin.sport is not the sender's listening port"
+
+
 def assert_clean(f):
     for name, d in f["directions"].items():
-        assert (d["lost"], d["duplicated"], d["out_of_order"], d["corrupted"],
-                d["unexpected"]) == (0, 0, 0, 0, 0), f"{name}: {d['problems']} ({d})"
-        assert d["sport_ok"], f"{name}: mqin.sport is not the sender's listening port"
+        assert_direction_clean(name, d)
