@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import db as dbmod
 from tests.support.chaos import ChaosRun, assert_clean, format_figures, seed_from_env
-from tests.support.checks import assert_series_delivered as complete, handoff_problems
+from tests.support.checks import assert_handoff, assert_series_delivered as complete
 from tests.support.disk import SmallDisk, WriteLock, can_mount_tmpfs, cut_off_space
 from tests.support import wire
 from tests.support.observe import LogMark, matching, rss_bytes, status_number
@@ -70,13 +70,6 @@ def test_chaos_full_20000_and_5000_messages_40_kills(make_daemon, make_relay, re
 
 
 # -- helpers for the storage tests ------------------------------------------------------
-
-def handoff_ok(sender, receiver, tag, enqueued):
-    """For holds_for/wait_until: the hand-off invariant (raises with the details)."""
-    problems = handoff_problems(sender, receiver, tag, enqueued)
-    assert not problems, problems
-    return True
-
 
 def ride_out(d, check):
     """Run check(); a daemon may exit under a full disk (non-zero, restartable) instead
@@ -143,10 +136,10 @@ def test_receiver_disk_full_acknowledges_nothing_uncommitted_then_completes(
                       describe=lambda: "\n".join(mark.lines()[-5:]))
     stuck = b.count("mqin")
     rc = ride_out(b, lambda: holds_for(
-        lambda: b.running and b.count("mqin") == stuck and handoff_ok(a, b, tag, total), 3.0,
+        lambda: b.running and b.count("mqin") == stuck and assert_handoff(a, b, tag, total), 3.0,
         "B stores and acknowledges nothing while its disk is full",
         describe=lambda: dbmod.describe_queues(a.db, b.db)))
-    handoff_ok(a, b, tag, total)
+    assert_handoff(a, b, tag, total)
     assert stuck < total
     small_disk.free()
     restart_if_exited(b, rc, mark)
@@ -184,13 +177,13 @@ def test_sender_disk_full_keeps_rows_then_completes(small_disk, make_daemon):
     queued = a.count("mqout", "token=?", (tag,))
     rc = ride_out(a, lambda: holds_for(
         lambda: a.running and a.count("mqout", "token=?", (tag,)) == queued and
-        handoff_ok(a, b, tag, total), 3.0,
+        assert_handoff(a, b, tag, total), 3.0,
         "A keeps every row while its disk is full",
         describe=lambda: f"{dbmod.describe_queues(a.db, b.db)}; A's rows: {queued} before; "
                          f"A's log: {mark.lines()[-3:]}"))
     assert a.count("mqout", "token=?", (tag,)) == queued
     assert queued > more, "A had delivered (nearly) everything before its disk filled"
-    handoff_ok(a, b, tag, total)
+    assert_handoff(a, b, tag, total)
     small_disk.free()
     restart_if_exited(a, rc, mark)
     complete(a, b, tag, total, timeout=60)
@@ -246,7 +239,7 @@ def test_receiver_database_locked_10s_waits_logs_once_then_delivers(make_daemon)
         dbmod.enqueue_series(a.db, "127.0.0.1", b.port, tag, more, start=first + 1, pad=100)
         hold_lock_while(lock, LOCK_SECONDS,
                         lambda: b.running and b.count("mqin") == stuck and
-                        handoff_ok(a, b, tag, first + more),
+                        assert_handoff(a, b, tag, first + more),
                         "B waits for the lock and acknowledges nothing meanwhile",
                         describe=lambda: dbmod.describe_queues(a.db, b.db))
         during = LogMark(b)
@@ -279,7 +272,7 @@ def test_sender_database_locked_10s_waits_logs_once_then_delivers(make_daemon):
             [(b.port, tag, f"{tag}-{i:06d}") for i in range(first + 1, first + more + 1)])
         hold_lock_while(lock, LOCK_SECONDS,
                         lambda: a.running and a.count("mqout", "token=?", (tag,)) == queued
-                        and handoff_ok(a, b, tag, first),
+                        and assert_handoff(a, b, tag, first),
                         "A waits for the lock, keeps its rows",
                         describe=lambda: dbmod.describe_queues(a.db, b.db))
         during = LogMark(a)
@@ -308,14 +301,9 @@ def capture_corpus(a, b, make_relay, sink):
     """Real datagrams: A -> B DATA (small and fragmented) and B's ACKs through a
     capturing relay, A's DATA to the mute sink, and HELLOs as A and B would send them."""
     relay = make_relay(("127.0.0.1", b.port), capture=True)
-    dbmod.enqueue_many(a.db, [("127.0.0.1", relay.port, "warm", f"warm-{i:06d}")
-                              for i in range(1, 41)] +
-                       [("127.0.0.1", relay.port, "warm", "w" * 6000)])
-    wait_until(lambda: b.count("mqin", "token='warm'") == 41 and
-               a.count("mqout", "token='warm'") == 0, 20,
-               "warm-up delivered", describe=lambda: dbmod.describe_queues(a.db, b.db))
-    corpus = list(relay.captured["forward"]) + list(relay.captured["reverse"])
-    corpus += sink.datagrams()
+    forward, reverse = wire.exchange(a, b, relay, "warm",
+                                     [f"warm-{i:06d}" for i in range(1, 41)] + ["w" * 6000])
+    corpus = forward + reverse + sink.datagrams()
     na, nb = node_id(a), node_id(b)
     corpus += [wire.seal(wire.header(wire.HELLO, b.port, nb, na) + wire.HELLO_BODY.pack(7)),
                wire.seal(wire.header(wire.HELLO, a.port, na, nb) + wire.HELLO_BODY.pack(9))]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.support import db as dbmod
+from tests.support import db as dbmod, wire
 from tests.support.ports import udp_socket
 from tests.support.wait import holds_for, wait_until
 
@@ -118,11 +118,8 @@ def test_corrupted_and_truncated_datagrams_to_a_receiver_create_no_rows(pair, ma
     rejected by B (own checksum; UDP's is optional on IPv4)."""
     a, b = pair
     relay = make_relay(("127.0.0.1", b.port), capture=True)
-    dbmod.enqueue_many(a.db, [("127.0.0.1", relay.port, "cap", "small message"),
-                              ("127.0.0.1", relay.port, "cap", "z" * 5000)])
-    wait_until(lambda: b.count("mqin") == 2, 10, "captured traffic delivered")
-    real = list(relay.captured["forward"]) + list(relay.captured["reverse"])
-    assert real, "nothing captured"
+    forward, reverse = wire.exchange(a, b, relay, "cap", ["small message", "z" * 5000])
+    real = forward + reverse
     before = b.count("mqin")
     rng = random.Random(3)
     bad = [d for d in garbage(rng, real=real[:6]) if d not in set(real)]
@@ -191,13 +188,9 @@ def test_datagrams_for_another_node_create_nothing(start_daemon, make_relay):
     they are addressed to B, so C must not store them (nor acknowledge them away)."""
     a, b, c = start_daemon("a"), start_daemon("b"), start_daemon("c")
     relay = make_relay(("127.0.0.1", b.port), capture=True)
-    a.enqueue(relay.port, "warm", "warm-up: A learns who B is")
-    wait_until(lambda: b.count("mqin") == 1, 10, "warm-up delivered")
+    wire.exchange(a, b, relay, "warm", ["warm-up: A learns who B is"])
     relay.reset_stats()
-    dbmod.enqueue_series(a.db, "127.0.0.1", relay.port, "for-b", 20)
-    wait_until(lambda: b.count("mqin", "token='for-b'") == 20, 10, "delivered to B")
-    captured = list(relay.captured["forward"])
-    assert captured
+    captured, _ = wire.exchange(a, b, relay, "for-b", [f"for-b-{i:06d}" for i in range(1, 21)])
     sock = udp_socket()
     for d in captured:
         sock.sendto(d, ("127.0.0.1", c.port))
@@ -213,17 +206,17 @@ def test_replayed_old_acks_remove_nothing(pair, make_relay):
     must not remove it: an ack removes only the exact message it names."""
     a, b = pair
     relay = make_relay(("127.0.0.1", b.port), capture=True)
-    dbmod.enqueue_series(a.db, "127.0.0.1", relay.port, "old", 5)
-    wait_until(lambda: b.count("mqin") == 5 and a.count("mqout") == 0, 10, "delivered")
-    acks = list(relay.captured["reverse"])
-    if not acks:
-        pytest.skip("B's replies do not pass through the relay; nothing captured to replay")
+    _, reverse = wire.exchange(a, b, relay, "old", [f"old-{i:06d}" for i in range(1, 6)])
+    acks = [d for d in reverse if wire.problem(d) is None and wire.fields(d)["type"] == wire.ACK]
+    # A deletes a row only on an acknowledgement, and B sends those to where the DATA
+    # came from: the relay. So it has captured them all.
+    assert acks, f"no acknowledgement among the {len(reverse)} datagrams B sent back"
     relay.set_faults("forward", loss=100)
     x = a.enqueue(relay.port, "new", "in flight, not yet delivered")
     wait_until(lambda: relay.snapshot()["forward"]["dropped"] >= 1, 5, "A sent it (dropped)")
     for _ in range(3):
         for d in acks:
-            relay._sock.sendto(d, ("127.0.0.1", a.port))  # from the address A sends to
+            relay.send_from_listening_port(d, ("127.0.0.1", a.port))  # where A sends to
         time.sleep(0.05)
     holds_for(lambda: a.count("mqout", "x=?", (x,)) == 1, 1.0,
               "the in-flight row survives replayed acks")

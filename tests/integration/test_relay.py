@@ -1,17 +1,15 @@
 """The chaos relay itself (no daemon): it must do what it says, and count it."""
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
 
 import pytest
 
-from tests.support.daemon import PYTHON, REPO
+from tests.support.daemon import PYTHON, REPO, daemon_env
 from tests.support.ports import udp_socket
-from tests.support.relay import Relay
+from tests.support.relay import Relay, RelayProcess
 from tests.support.wait import wait_until
 
 
@@ -194,28 +192,17 @@ def test_refuses_non_loopback_target():
 
 def test_command_line(make_sink):
     sink = make_sink()
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "tests.support.relay", "--listen", "0", "--target",
-         f"127.0.0.1:{sink.port}", "--loss", "10", "--dup", "5", "--reorder", "5",
-         "--delay-ms", "1", "--jitter-ms", "5", "--seed", "1", "--rev-loss", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+    relay = RelayProcess(sink.port, seed=1, listen="0", loss=10, dup=5, reorder=5, delay_ms=1,
+                         jitter_ms=5, rev_loss=0)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("relay listening on 127.0.0.1:"), line + proc.stderr.read()
-        port = int(line.split()[3].rsplit(":", 1)[1])
-        assert "'loss': 10.0" in line
-        send_all(udp_socket(), ("127.0.0.1", port), payloads(500))
+        assert relay.line.startswith("relay listening on 127.0.0.1:"), relay.line
+        assert "'loss': 10.0" in relay.line
+        send_all(udp_socket(), ("127.0.0.1", relay.port), payloads(500))
         wait_until(lambda: sink.count() >= 400, 5, "most arrive")
         time.sleep(0.1)  # let the jittered tail arrive before we stop it
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    stats = json.loads(out.strip().splitlines()[-1])
+        stats = relay.stop()
+    assert relay.proc.returncode == 0, relay.stderr
     fwd = stats["forward"]
     assert fwd["received"] == 500
     assert fwd["sent"] + fwd["discarded_at_stop"] == 500 - fwd["dropped"] + fwd["duplicated"]
@@ -227,11 +214,11 @@ def test_command_line_stops_by_itself():
     t0 = time.monotonic()
     proc = subprocess.run([PYTHON, "-m", "tests.support.relay", "--listen", "0", "--target",
                            "127.0.0.1:9", "--duration", "0.5"], cwd=REPO, capture_output=True,
-                          text=True, timeout=10, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, timeout=10, env=daemon_env())
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - t0 < 5
     assert json.loads(proc.stdout.strip().splitlines()[-1])["forward"]["received"] == 0
     bad = subprocess.run([PYTHON, "-m", "tests.support.relay", "--listen", "0", "--target",
                           "192.0.2.1:9"], cwd=REPO, capture_output=True, text=True, timeout=10,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env=daemon_env())
     assert bad.returncode == 2 and "non-loopback" in bad.stderr

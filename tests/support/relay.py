@@ -10,7 +10,7 @@ its own upstream socket, so the target can tell clients apart.
 As a library::
 
     relay = Relay(("127.0.0.1", 9001), seed=1, loss=10, dup=5, reorder=5, jitter_ms=5)
-    relay.start(); ... relay.port ... relay.stats["forward"]["dropped"] ...; relay.stop()
+    relay.start(); ... relay.port ... relay.snapshot()["forward"]["dropped"] ...; relay.stop()
 
 As a program (for benchmarks and chaos by hand)::
 
@@ -20,6 +20,7 @@ As a program (for benchmarks and chaos by hand)::
 Options without a prefix apply to both directions; --fwd-X / --rev-X override one
 direction. It prints one "listening" line when ready and its counters as JSON on exit
 (SIGTERM, SIGINT or --duration). Targets must be loopback unless --allow-any-target.
+RelayProcess runs that program from a test or benchmark.
 """
 
 import argparse
@@ -33,9 +34,12 @@ import random
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+
+from tests.support.daemon import PYTHON, REPO, daemon_env
 
 DIRECTIONS = ("forward", "reverse")
 COUNTERS = ("received", "sent", "dropped", "duplicated", "reordered", "delayed", "corrupted",
@@ -106,8 +110,7 @@ class Relay:
         self.stats = {d: dict.fromkeys(COUNTERS, 0) for d in DIRECTIONS}
         self.capture = capture
         self.capture_limit = capture_limit
-        self.captured = {d: collections.deque(maxlen=capture_limit) for d in DIRECTIONS}
-        self.sent_log = {d: collections.deque(maxlen=capture_limit) for d in DIRECTIONS}
+        self._captured = {d: collections.deque(maxlen=capture_limit) for d in DIRECTIONS}
         self._lock = threading.Lock()
         self._heap = []
         self._counter = 0
@@ -142,8 +145,19 @@ class Relay:
         with self._lock:
             self.stats = {d: dict.fromkeys(COUNTERS, 0) for d in DIRECTIONS}
             for d in DIRECTIONS:
-                self.captured[d].clear()
-                self.sent_log[d].clear()
+                self._captured[d].clear()
+
+    def captured(self, *directions):
+        """With capture=True: the datagrams received so far (since reset_stats()) in the
+        given directions ("forward", "reverse"; both when none is named), in order."""
+        with self._lock:
+            return [d for direction in directions or DIRECTIONS
+                    for d in self._captured[direction]]
+
+    def send_from_listening_port(self, data, addr):
+        """Send a datagram to addr from the address clients send to (as if the target had
+        answered), bypassing the faults and counters."""
+        self._sock.sendto(data, addr)
 
     def snapshot(self):
         with self._lock:
@@ -252,7 +266,7 @@ class Relay:
             st["bytes_received"] += len(data)
             st["max_size"] = max(st["max_size"], len(data))
             if self.capture:
-                self.captured[direction].append(data)
+                self._captured[direction].append(data)
             if rng.random() * 100 < faults.loss:
                 st["dropped"] += 1
                 return
@@ -304,11 +318,42 @@ class Relay:
                                  errno.EWOULDBLOCK, errno.EPERM, errno.EMSGSIZE):
                 raise
         with self._lock:
-            if ok:
-                self.stats[direction]["sent"] += 1
-                self.sent_log[direction].append(data)
-            else:
-                self.stats[direction]["send_errors"] += 1
+            self.stats[direction]["sent" if ok else "send_errors"] += 1
+
+
+class RelayProcess:
+    """The relay as its own process (the command line below), in front of
+    127.0.0.1:target_port; faults as keyword arguments (loss=10, rev_loss=0, ...).
+    .port is where it listens, .line what it printed when ready; stop() returns its
+    counters (forward: towards the target, reverse: the replies)."""
+
+    def __init__(self, target_port, seed=1, listen="127.0.0.1:0", **faults):
+        args = [PYTHON, "-m", "tests.support.relay", "--listen", str(listen),
+                "--target", f"127.0.0.1:{target_port}", "--seed", str(seed)]
+        for key, value in faults.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, cwd=REPO, env=daemon_env(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.line = self.proc.stdout.readline()
+        if not self.line.startswith("relay listening on "):
+            self.proc.kill()
+            raise RuntimeError(f"relay did not start: {self.line!r} {self.proc.stderr.read()}")
+        self.port = int(self.line.split()[3].rsplit(":", 1)[1])
+        self.stats = None
+        self.stderr = ""
+
+    def stop(self):
+        """SIGTERM, then its counters ({} if it could not give them)."""
+        if self.stats is None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                out, self.stderr = self.proc.communicate(timeout=10)
+                self.stats = json.loads(out.strip().splitlines()[-1])
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                self.proc.kill()
+                self.proc.wait()
+                self.stats = {}
+        return self.stats
 
 
 # -- command line ----------------------------------------------------------------

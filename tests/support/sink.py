@@ -53,20 +53,6 @@ class UdpSink:
         with self._cond:
             return {a for _t, _d, a in self.received}
 
-    def last_time(self):
-        with self._cond:
-            return self.received[-1][0] if self.received else None
-
-    def wait_count(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.received) < n:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
-
     def send(self, data, addr):
         self.sock.sendto(data, addr)
 

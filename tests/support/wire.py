@@ -5,10 +5,14 @@ valid by the document's rules, and derive hostile variants of real datagrams.
     raw = seal(header(DATA, port, src, dst) + data_body(...))
     problem(raw)  -> None for a valid datagram, else why PROTOCOL.md says to drop it
     Hostile(rng, corpus).make() -> (kind, datagram) that PROTOCOL.md says to drop
+    exchange(a, b, relay, tag, datas) -> real datagrams both ways, captured by a relay
 """
 
 import struct
 import zlib
+
+from tests.support import db as dbmod
+from tests.support.wait import wait_until
 
 MAGIC = b"TMQ"
 VERSION = 1
@@ -25,7 +29,6 @@ HELLO_BODY = struct.Struct("!I")
 MESSAGE_HEAD = struct.Struct("!BBHI")  # kind, has_token, ts_len, token_len
 MIN_SIZE = HEADER.size + CRC.size     # 28
 MAX_UDP = 65507                       # largest IPv4 UDP payload
-U64 = (1 << 64) - 1
 
 
 def crc(raw):
@@ -339,3 +342,18 @@ class Hostile:
             if len(d) <= MAX_UDP and problem(d) is not None:
                 return kind.__name__, d
         raise RuntimeError("could not make an invalid datagram")
+
+
+def exchange(sender, receiver, relay, tag, datas, timeout=20):
+    """Real traffic: the messages `datas` (token tag) from the Daemon `sender` through
+    `relay` (a Relay with capture=True in front of `receiver`), until the receiver has
+    stored them all and the sender has deleted them. The sender deletes a row only on an
+    acknowledgement, which came back through the relay, so by then the relay has seen the
+    DATA and the acknowledgements. Returns (forward, reverse): what it captured each way
+    (since it started or its reset_stats())."""
+    dbmod.enqueue_many(sender.db, [("127.0.0.1", relay.port, tag, d) for d in datas])
+    wait_until(lambda: receiver.count("mqin", "token=?", (tag,)) == len(datas) and
+               sender.count("mqout", "token=?", (tag,)) == 0, timeout,
+               f"{tag}: {len(datas)} messages delivered through the relay",
+               describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
+    return relay.captured("forward"), relay.captured("reverse")
