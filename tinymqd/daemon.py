@@ -163,7 +163,7 @@ class Daemon:
         return code
 
     def _status(self):
-        figures = self.scheduler.figures()
+        figures = self.scheduler.destinations.figures()
         text = (f"sending to {figures['destinations']} destination(s)"
                 f" ({figures['unreachable']} unreachable), {figures['in_memory']} in flight;"
                 f" received {self.inbound.committed_messages};"

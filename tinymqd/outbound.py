@@ -1,4 +1,4 @@
-"""Sending to one destination: window, loss detection, round-trip time, backoff.
+"""Sending one stream: packets, acknowledgements, loss detection, what the peer holds.
 
 An OutStream holds the lowest pending messages of one stream (the rows numbered for one
 destination), sends their fragments in numbered packets, and learns from
@@ -6,34 +6,16 @@ acknowledgements:
 - packet numbers acknowledged: fragments the peer holds (frees the window, RTT samples);
 - the committed point: messages the peer stored durably; only these leave mqout.
 Packet numbers are never reused, so every RTT sample is unambiguous (no Karn problem).
+How fast it may send is congestion.py's business.
 """
 
 import collections
-import random
 
 from tinymqd import protocol
+from tinymqd.congestion import Congestion
 
-INITIAL_RTO = 0.25
-MIN_RTO = 0.02  # packet numbers make spurious timeouts cheap to tell; waiting is not
-INITIAL_CWND = 16.0
-MIN_CWND = 4.0
-MAX_CWND = 2048.0
-# The window grows by 1/GROWTH of itself per round trip, and shrinks once per round
-# trip in proportion to the fraction of its packets lost (by half that fraction).
-# Random loss below about 12% (1/16 growth against f/2 decrease) does not shrink it, so
-# a lossy path keeps most of its throughput; congestion, whose loss rises with the rate,
-# still pushes it down.
-GROWTH = 16
-BETA = 0.7  # the window after a timeout
 REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
-UNREACHABLE_AFTER = 3.0  # seconds without any answer while data waits
-PACE_BURST = 8  # packets that may leave back to back; then one per RTT / window
-PACE_GAIN = 1.25  # pace a little faster than window / RTT, so pacing never limits it
-LOSS_DELAY_RTT = 1.125  # an unacknowledged packet older than this many RTTs is lost
-RTO_JITTER = 0.1  # timeouts vary by this fraction, so that streams do not march in step
-# RFC 6298's gains for the smoothed round-trip time and its variation
-SRTT_GAIN = 1 / 8
-RTTVAR_GAIN = 1 / 4
+UNREACHABLE_AFTER_S = 3.0  # without any answer while data waits
 
 
 class OutMessage:
@@ -73,18 +55,8 @@ class OutStream:
         self.sent = collections.OrderedDict()  # pn -> (time, frames)
         self.next_pn = 1
         self.largest_acked = 0
-        self.cwnd = INITIAL_CWND
-        self.ssthresh = MAX_CWND
-        self.round_end = 1  # the round trip ends when this packet number is acknowledged
-        self.round_acked = 0
-        self.round_lost = 0
-        self.srtt = None
-        self.rttvar = 0.0
-        self.rto = INITIAL_RTO
-        self.backoff = 1.0
-        self.timeouts = 0  # in a row, without an acknowledgement in between
+        self.cc = Congestion()
         self.timer = None  # when the oldest outstanding packet counts as lost
-        self.pace_at = 0.0  # when the next packet may leave (a window is not one burst)
         # the peer: its node id (0: not known yet) and run id (None: not known yet)
         self.peer_node = 0
         self.peer_boot = None
@@ -103,7 +75,7 @@ class OutStream:
 
     def can_send(self):
         """Something waits to be sent and the window has room for a packet."""
-        return len(self.sent) < self.cwnd and bool(self.retx or self.unsent)
+        return len(self.sent) < self.cc.cwnd and bool(self.retx or self.unsent)
 
     def add(self, message):
         self.messages[message.seq] = message
@@ -169,20 +141,15 @@ class OutStream:
         return None
 
     def may_send_at(self, now):
-        return self.pace_at <= now
+        return self.cc.may_send_at(now)
 
     def record_sent(self, pn, frames, now):
-        if self.srtt is not None:
-            interval = self.srtt / (self.cwnd * PACE_GAIN)
-            self.pace_at = max(self.pace_at, now - PACE_BURST * interval) + interval
+        self.cc.on_sent(now)
         self.sent[pn] = (now, frames)
         if self.timer is None:
-            self.timer = now + self.jittered_rto()
+            self.timer = now + self.cc.jittered_rto()
         if self.waiting_since is None:
             self.waiting_since = now
-
-    def current_rto(self):
-        return self.rto * self.backoff
 
     def on_ack(self, ack, now):
         """Apply an acknowledgement; returns the new committed point if it advanced.
@@ -218,21 +185,15 @@ class OutStream:
                     self.largest_acked = pn
                     latest = now - when
         if latest is not None:
-            self._rtt_sample(latest)
-        if newly:
-            self.backoff = 1.0
-            self.timeouts = 0
-            self._grow(newly)
-        self._detect_losses(now)
-        self.round_acked += newly
-        if self.largest_acked >= self.round_end:
-            self._end_round()
+            self.cc.rtt_sample(latest)
+        lost = self._detect_losses(now)
+        self.cc.on_acked(newly, lost, self.largest_acked, self.next_pn)
         released = None
         if ack.committed > self.committed:
             self.committed = released = ack.committed
             self._release_committed()
         # Also wait for the commit of what the peer holds: that acknowledgement may be lost.
-        self.timer = (now + self.current_rto()) if sent or self.messages else None
+        self.timer = (now + self.cc.current_rto()) if sent or self.messages else None
         return released
 
     def _release_committed(self):
@@ -246,35 +207,12 @@ class OutStream:
         if self.load_from is not None and self.load_from < self.committed:
             self.load_from = self.committed
 
-    def _rtt_sample(self, rtt):
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
-        else:
-            self.rttvar += RTTVAR_GAIN * (abs(self.srtt - rtt) - self.rttvar)
-            self.srtt += SRTT_GAIN * (rtt - self.srtt)
-        self.rto = max(MIN_RTO, self.srtt + 4 * self.rttvar)
-
-    def _grow(self, packets):
-        if self.cwnd < self.ssthresh:
-            self.cwnd += packets  # slow start
-        else:
-            self.cwnd += packets / GROWTH
-        self.cwnd = min(self.cwnd, MAX_CWND)
-
-    def _end_round(self):
-        if self.round_lost:
-            lost_fraction = self.round_lost / (self.round_lost + self.round_acked)
-            self.cwnd = max(MIN_CWND, self.cwnd * (1 - lost_fraction / 2))
-            self.ssthresh = self.cwnd
-        self.round_acked = self.round_lost = 0
-        self.round_end = self.next_pn
-
     def _detect_losses(self, now):
+        """Requeue the packets an acknowledgement shows lost; returns how many."""
         sent = self.sent
         if not sent:
-            return
-        threshold = LOSS_DELAY_RTT * (self.srtt or INITIAL_RTO)
+            return 0
+        threshold = self.cc.loss_delay()
         lost = []
         for pn, (when, _) in sent.items():
             if pn >= self.largest_acked:
@@ -283,7 +221,7 @@ class OutStream:
                 lost.append(pn)
         for pn in lost:
             self._requeue(sent.pop(pn)[1])
-        self.round_lost += len(lost)
+        return len(lost)
 
     def _requeue(self, frames):
         for message, frag in frames:
@@ -295,22 +233,18 @@ class OutStream:
         Returns True when the destination has just become unreachable."""
         # Heard from within the last interval: the peer is alive and the path lossy, so
         # retry at the same pace; silent: back off exponentially, down to one probe.
-        silent = self.last_heard is None or now - self.last_heard > self.current_rto()
-        if self.sent:
+        silent = self.last_heard is None or now - self.last_heard > self.cc.current_rto()
+        lost = len(self.sent)
+        if lost:
             for _, frames in self.sent.values():
                 self._requeue(frames)
             self.sent.clear()
-            self.timeouts += 1
-            self.ssthresh = max(MIN_CWND, self.cwnd * BETA)
-            # A second timeout in a row: the path may be gone; probe with one packet.
-            self.cwnd = 1.0 if self.timeouts > 1 and silent else self.ssthresh
         else:
             self._probe_commit()
-        if silent:
-            self.backoff = min(self.backoff * 2, max(1.0, retry_max / self.rto))
+        self.cc.on_timeout(lost, silent, retry_max)
         self.timer = None
         became_unreachable = (not self.unreachable and self.waiting_since is not None
-                              and now - self.waiting_since >= UNREACHABLE_AFTER)
+                              and now - self.waiting_since >= UNREACHABLE_AFTER_S)
         if became_unreachable:
             self.unreachable = True
         return became_unreachable
@@ -324,9 +258,6 @@ class OutStream:
                 message.nacked -= 1
             self.retx.appendleft((message, 0))
             return
-
-    def jittered_rto(self):
-        return self.current_rto() * random.uniform(1 - RTO_JITTER, 1 + RTO_JITTER)
 
     def expect_peer(self, node):
         """The destination is known to be this node (we are sending to ourselves)."""
@@ -358,10 +289,9 @@ class OutStream:
 
     def wake(self, now):
         """The peer is alive again (it spoke to us): retry now, not after the backoff."""
-        self.backoff = 1.0
+        self.cc.wake()
         if self.sent:
             self.timer = now
-        self.cwnd = max(self.cwnd, MIN_CWND)
 
     def stalled(self):
         """All fragments of the first message are held by the peer, yet not committed."""

@@ -14,9 +14,9 @@ import os
 import time
 
 from tinymqd import events, protocol, store, transport
-from tinymqd.addresses import AddressBook, Endpoint
+from tinymqd.addresses import AddressBook
+from tinymqd.destination import Destinations
 from tinymqd.intake import ERROR_ROWS, Intake
-from tinymqd.outbound import INITIAL_RTO, OutMessage, OutStream
 from tinymqd.wakeup import Inbox, watch_directory
 from tinymqd.worker import Worker
 
@@ -28,44 +28,7 @@ IDLE_WAKE_S = 1.0  # look anyway this often (a safety net under inotify)
 # after the write and fsync), so after a wake-up keep looking for a short while.
 AFTER_WAKE_S = 0.1
 CANCEL_CHECK_INTERVAL_S = 0.4  # DELETE from mqout stops a delivery within a second
-# How much of a destination's backlog is held in memory: enough for 16 windows, at
-# least LOAD_MIN, at most MAX_LOADED messages and about LOAD_BYTES; LOAD_ROWS per read.
-LOAD_WINDOWS = 16
-LOAD_MIN = 64
-MAX_LOADED = 32768
-LOAD_BYTES = 8 * 1024 * 1024
-LOAD_ROWS = 1000
-# A first message held whole by the peer but not committed after this many RTTs (at
-# least STALL_MIN_S, times the backoff) means the peer lost it: send everything again.
-STALL_RTTS = 4
-STALL_MIN_S = 1.0
-BACKED_OFF = 1.0  # a backoff factor above this: the destination waits longer than its RTO
 RETRY, PACE = 0, 1  # kinds of timers
-
-
-class Destination:
-    """The scheduler's record of one destination (host, port): the sending state of its
-    stream, its address, and the bookkeeping of rows and timers only the scheduler uses."""
-
-    __slots__ = ("id", "stream", "endpoint", "assigned", "timer_queued", "stall_since",
-                 "error_shown")
-
-    def __init__(self, stream_id, host, port, next_seq, chunk):
-        self.id = stream_id
-        self.stream = OutStream(stream_id, chunk)
-        self.endpoint = Endpoint(host, port)
-        self.assigned = next_seq  # seqs below are numbered in mqout
-        self.timer_queued = None  # the deadline last put on the timer heap
-        self.stall_since = None  # when the first message was first seen stalled
-        self.error_shown = None  # last_error text currently written to its rows
-
-    @property
-    def name(self):
-        return self.endpoint.name
-
-    def rows_waiting(self):
-        st = self.stream
-        return bool(st.messages) or (st.load_from is not None and st.load_from < self.assigned)
 
 
 class Scheduler(Worker):
@@ -82,7 +45,7 @@ class Scheduler(Worker):
         self.inbox = Inbox()
         self.boot = boot  # this run's identity: packet numbers start afresh with it
         self.chunk = protocol.chunk_size(cfg.max_datagram)
-        self.destinations = {}  # stream id -> Destination
+        self.destinations = Destinations(self.chunk)
         self.dirty = set()  # destinations that may have something to load or send
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.addresses = AddressBook(family, self.inbox, self._show_error)
@@ -156,23 +119,17 @@ class Scheduler(Worker):
 
     def _restore(self):
         for stream_id, host, port, next_seq, lowest in self.intake.streams():
-            dest = self._add_destination(stream_id, host, port, next_seq)
+            dest = self.destinations.add(stream_id, host, port, next_seq)
             dest.stream.load_from = next_seq if lowest is None else lowest
             if lowest is not None:
                 self._need_address(dest)
                 self.dirty.add(dest)
 
-    def _add_destination(self, stream_id, host, port, next_seq):
-        if isinstance(host, bytes):
-            host = host.decode("utf-8", "replace")
-        dest = Destination(stream_id, host, port, next_seq, self.chunk)
-        self.destinations[stream_id] = dest
-        return dest
-
     def _found(self, found):
         """Rows were numbered up to found[stream id] - 1: send them."""
         for stream_id, upto in found.items():
-            dest = self.destinations.get(stream_id) or self._learn_destination(stream_id)
+            dest = self.destinations.get(stream_id) or self.destinations.learn(
+                stream_id, self.intake)
             if dest is None or upto <= dest.assigned:
                 continue
             dest.assigned = upto
@@ -180,15 +137,6 @@ class Scheduler(Worker):
             if dest.error_shown and dest.assigned - 1 < dest.stream.base + ERROR_ROWS:
                 self._show_error(dest, dest.error_shown, force=True)  # new rows among the first
             self.dirty.add(dest)
-
-    def _learn_destination(self, stream_id):
-        """A destination first seen in a new row (the trigger made its stream)."""
-        row = self.intake.destination_of(stream_id)
-        if row is None:
-            return None
-        dest = self._add_destination(stream_id, row[0], row[1], 1)
-        dest.stream.load_from = 1
-        return dest
 
     def _show_error(self, dest, text, force=False):
         if text == dest.error_shown and not force:
@@ -215,25 +163,7 @@ class Scheduler(Worker):
             # datagram from our node to another one coming back to us is a reflection.
             dest.stream.expect_peer(self.node)
 
-    # -- loading and sending ---------------------------------------------------------------
-
-    @staticmethod
-    def _load_room(st):
-        return min(MAX_LOADED, max(LOAD_MIN, LOAD_WINDOWS * int(st.cwnd))) - len(st.messages)
-
-    def _may_load(self, dest):
-        st = dest.stream
-        return (st.load_from is not None and st.load_from < dest.assigned
-                and self._load_room(st) > 0 and st.loaded_bytes < LOAD_BYTES)
-
-    def _load(self, dest):
-        """Read the next pending rows of a destination into memory, within a budget."""
-        st = dest.stream
-        rows, st.load_from = self.intake.load(
-            dest.id, st.load_from, dest.assigned, min(self._load_room(st), LOAD_ROWS),
-            LOAD_BYTES - st.loaded_bytes)
-        for seq, x, blob in rows:
-            st.add(OutMessage(seq, x, blob, self.chunk))
+    # -- sending ---------------------------------------------------------------
 
     def _pump(self, now):
         if not self.dirty:
@@ -243,11 +173,11 @@ class Scheduler(Worker):
             if dest.endpoint.addr is None:
                 continue
             st = dest.stream
-            if self._may_load(dest):
-                self._load(dest)
+            if dest.may_load():
+                dest.load(self.intake)
             self._send(dest, now)
             self._queue_timer(dest)
-            if len(st.sent) < st.cwnd and not st.has_work() and self._may_load(dest):
+            if len(st.sent) < st.cc.cwnd and not st.has_work() and dest.may_load():
                 self.dirty.add(dest)  # the window has room and rows wait in the database
 
     def _send(self, dest, now):
@@ -255,7 +185,7 @@ class Scheduler(Worker):
         port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
         while st.can_send():
             if not st.may_send_at(now):
-                heapq.heappush(self.timers, (st.pace_at, dest.id, PACE))
+                heapq.heappush(self.timers, (st.cc.pace_at, dest.id, PACE))
                 break
             packet = st.build_packet(limit, port, node, self.boot)
             if packet is None:
@@ -314,7 +244,7 @@ class Scheduler(Worker):
     def _on_hello(self, event):
         hello, addr = event
         now = time.monotonic()
-        for dest in self._destinations_of(hello.header.src, addr[0], hello.header.port):
+        for dest in self.destinations.matching(hello.header.src, addr[0], hello.header.port):
             was = dest.stream.peer_node
             if dest.stream.on_hello(hello.header.src, hello.boot) == "replaced":
                 log.warning("destination %s is another node now (%016x, was %016x; its "
@@ -324,8 +254,8 @@ class Scheduler(Worker):
 
     def _on_heard(self, event):
         now = time.monotonic()
-        for dest in self._destinations_of(event.node, event.ip, event.port):
-            if dest.stream.backoff > BACKED_OFF or dest.stream.unreachable:
+        for dest in self.destinations.matching(event.node, event.ip, event.port):
+            if dest.backing_off():
                 self._wake(dest, now)
 
     def _wake(self, dest, now):
@@ -335,31 +265,17 @@ class Scheduler(Worker):
         self._queue_timer(dest)
         self.dirty.add(dest)
 
-    def _destinations_of(self, node, ip, port):
-        for dest in self.destinations.values():
-            peer_node, addr = dest.stream.peer_node, dest.endpoint.addr
-            if (peer_node and peer_node == node) or (
-                    addr is not None and addr[0] == ip and dest.endpoint.port == port):
-                yield dest
-
     # -- cancelled rows ---------------------------------------------------------------------
 
     def _check_cancelled(self, now):
         """Forget messages whose rows were deleted from mqout (DELETE cancels), and
         resend a first message the peer holds but never commits (it lost it)."""
         for dest in self.destinations.values():
-            st = dest.stream
-            if not st.messages:
+            if not dest.stream.messages:
                 continue
             self._forget_deleted(dest)
-            if not st.stalled():
-                dest.stall_since = None
-            elif dest.stall_since is None:
-                dest.stall_since = now
-            elif now - dest.stall_since > max(
-                    STALL_MIN_S, STALL_RTTS * (st.srtt or INITIAL_RTO)) * st.backoff:
-                dest.stall_since = None
-                st.peer_restarted()
+            if dest.stalled_too_long(now):
+                dest.stream.peer_restarted()
                 self.dirty.add(dest)
 
     def _forget_deleted(self, dest):
@@ -370,14 +286,3 @@ class Scheduler(Worker):
             log.info("%d message(s) to %s cancelled (deleted from mqout)",
                      len(gone), dest.name, extra={"PEER": dest.name})
             self.dirty.add(dest)
-
-    # -- figures for STATUS ------------------------------------------------------------------
-
-    def figures(self):
-        waiting = [d for d in list(self.destinations.values()) if d.stream.messages]
-        return {
-            "destinations": len(waiting),
-            "unreachable": sum(1 for d in waiting
-                               if d.stream.unreachable or d.endpoint.error),
-            "in_memory": sum(len(d.stream.messages) for d in waiting),
-        }

@@ -1,7 +1,8 @@
 """Sending state of one destination: packing, acknowledgements, loss, backoff, cancel."""
 
 from tinymqd import protocol
-from tinymqd.outbound import MIN_RTO, PACE_BURST, OutMessage, OutStream
+from tinymqd.congestion import MIN_RTO_S, PACE_BURST
+from tinymqd.outbound import OutMessage, OutStream
 
 PORT, NODE, PEER, BOOT = 9000, 0xA, 0xB, 1
 CHUNK = protocol.chunk_size(1200)
@@ -80,7 +81,7 @@ def test_timeouts_back_off_up_to_retry_max_and_then_probe_with_one_packet():
         st.on_timeout(1.0, 1.0)
         probes = send_all(st, 1.0)
     assert len(probes) == 1  # after two timeouts in a row: one packet per retry
-    assert MIN_RTO <= st.current_rto() <= 1.0 + 1e-9
+    assert MIN_RTO_S <= st.cc.current_rto() <= 1.0 + 1e-9
 
 
 def test_a_lost_commit_acknowledgement_is_asked_for_again():
@@ -128,7 +129,7 @@ def test_ack_cannot_release_more_than_was_sent_by_ranges():
 
 def test_a_window_is_paced_not_sent_as_one_burst():
     st = stream_with(*[CHUNK] * 200)
-    st.cwnd = 100
+    st.cc.cwnd = 100
     send_all(st, now=0.0)  # before any RTT sample: no pacing information yet
     st.on_ack(ack(0, [(1, 100)]), 0.010)  # srtt is now 10 ms
     burst = 0
@@ -137,5 +138,5 @@ def test_a_window_is_paced_not_sent_as_one_burst():
         st.record_sent(pn, frames, 0.010)
         burst += 1
     assert 1 <= burst <= PACE_BURST + 1
-    later = 0.010 + 10 * st.srtt / st.cwnd
+    later = 0.010 + 10 * st.cc.srtt / st.cc.cwnd
     assert st.may_send_at(later)  # the rest follows at window / RTT
