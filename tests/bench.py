@@ -1,125 +1,133 @@
 """`make bench`: figures for tinymq on this machine (two daemons on loopback).
 
-Prints throughput, latency from a separate process's INSERT to the peer's mqin, idle
-CPU and peak memory. These are measurements, not tests: nothing here passes or fails,
-except that every message must arrive exactly once.
+Prints throughput, latency from a separate process's INSERT to the peer's mqin, how many
+plain `sqlite3` INSERTs (no busy timeout) fail while messages stream in and while both
+daemons flood each other, idle CPU and peak memory. These are measurements, not tests:
+nothing here passes or fails, except that every message must arrive exactly once, in
+order.
 """
 
 import argparse
-import concurrent.futures
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from tests.support import db as dbmod
+from tests.support.checks import assert_exactly_once_in_order
 from tests.support.daemon import Daemon
-
-CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+from tests.support.observe import cpu_seconds, memory_mb
+from tests.support.wait import wait_until
 
 
-def peak_rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def count(conn, table):
-    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
 
 def throughput(a, b, n, size):
-    """n messages of `size` bytes pre-inserted in one transaction; time from its commit
-    until all are in the receiver's mqin and the sender's mqout is empty."""
-    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
-    inn = sqlite3.connect(b.db, timeout=10)
-    before = count(inn, "mqin")
+    """n messages of about `size` bytes pre-inserted in one transaction; time from its
+    commit until all are in the receiver's mqin and the sender's mqout is empty."""
+    tag = "bench"
+    out = dbmod.connect_ro(a.db)
+    inn = dbmod.connect_ro(b.db)
+    before = dbmod.max_x(inn)
     t_insert = time.monotonic()
-    out.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO mqout (host, port, token, data) "
-        "SELECT '127.0.0.1', ?, 'bench', printf('%0*d', ?, i) FROM c", (n, b.port, size))
+    dbmod.insert_series(a.db, "127.0.0.1", b.port, tag, n, pad=size - len(tag) - 7)
     t0 = time.monotonic()  # committed: the daemon sees them all from here
     inserting = t0 - t_insert
-    wait_for(lambda: count(inn, "mqin") - before >= n and count(out, "mqout") == 0,
-             300, f"{n} messages")
+    wait_until(lambda: dbmod.max_x(inn) - before >= n and
+               not out.execute("SELECT 1 FROM mqout LIMIT 1").fetchone(), 300,
+               f"{n} messages", interval=0.002)
     elapsed = time.monotonic() - t0
-    got = inn.execute("SELECT count(*), count(DISTINCT data) FROM mqin WHERE x > "
-                      "(SELECT coalesce(max(x), 0) - ? FROM mqin)", (n,)).fetchone()
-    assert got == (n, n), f"exactly once violated: {got}"
     out.close()
     inn.close()
+    assert_exactly_once_in_order(dbmod.series_numbers(b.db, tag), range(1, n + 1), tag)
     return n / elapsed, elapsed, inserting
 
 
-def latency(a, b, samples, gap):
-    """Each sample: INSERT committed in this process -> row visible in the peer's mqin."""
-    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
-    inn = sqlite3.connect(b.db, isolation_level=None)
+def latencies(a, receivers, samples, tag, gap=0.01, limit=15.0):
+    """INSERT committed in this process into a's mqout (round robin over `receivers`) ->
+    row visible in that receiver's mqin. Data '<tag>-<i:07d>', i = 0..samples-1. Returns
+    the latencies in seconds, sorted."""
+    out = sqlite3.connect(str(a.db), timeout=30, isolation_level=None)
+    conns = [dbmod.connect_ro(r.db) for r in receivers]
     times = []
-    for i in range(samples):
-        marker = f"latency-{i}-{time.time_ns()}"
-        t0 = time.monotonic()
-        out.execute("INSERT INTO mqout (host, port, token, data) VALUES ('127.0.0.1', ?, "
-                    "'lat', ?)", (b.port, marker))
-        while not inn.execute("SELECT 1 FROM mqin WHERE x > (SELECT max(x) - 3 FROM mqin) "
-                              "AND data = ?", (marker,)).fetchone():
-            if time.monotonic() - t0 > 10:
-                raise SystemExit("bench: a latency sample took over 10 s")
-            time.sleep(0.0002)
-        times.append(time.monotonic() - t0)
-        time.sleep(gap)
-    out.close()
-    inn.close()
-    times.sort()
-    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
+    try:
+        for i in range(samples):
+            k = i % len(receivers)
+            marker = f"{tag}-{i:07d}"
+            t0 = time.monotonic()
+            out.execute("INSERT INTO mqout (host, port, token, data) VALUES "
+                        "('127.0.0.1', ?, ?, ?)", (receivers[k].port, tag, marker))
+            wait_until(lambda: conns[k].execute(
+                "SELECT 1 FROM mqin WHERE x > (SELECT max(x) - 2 FROM mqin) AND data = ?",
+                (marker,)).fetchone(), limit,
+                f"message {marker} to {receivers[k].name}", interval=0.0002)
+            times.append(time.monotonic() - t0)
+            time.sleep(gap)  # pacing the samples
+    finally:
+        out.close()
+        for con in conns:
+            con.close()
+    return sorted(times)
 
 
-def cli_inserts_under_load(a, b, n_flow, n_cli, workers=1):
-    """n_cli plain `sqlite3 DB "INSERT ..."` (no busy timeout, as users type it) into the
-    receiver's database while n_flow messages flow into it; returns failures."""
-    out = sqlite3.connect(a.db, timeout=10, isolation_level=None)
-    out.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO mqout (host, port, token, data) "
-        "SELECT '127.0.0.1', ?, 'load', printf('%0100d', i) FROM c", (n_flow, b.port))
-    out.close()
+def plain_inserts(db, port, tag, most, until=lambda: False, least=0):
+    """Plain `sqlite3 DB "INSERT ..."` (no busy timeout, as users type it), one after
+    another: `most` of them, or fewer once at least `least` were tried and until() is
+    true (asked every 10). Data '<tag>-<i:06d>' for those that worked. Returns (tried,
+    failures: what sqlite3 said)."""
+    failures = []
+    tried = 0
+    while tried < most and (tried < least or tried % 10 or not until()):
+        tried += 1
+        error = dbmod.plain_insert(db, "127.0.0.1", port, tag,
+                                   f"{tag}-{tried - len(failures):06d}")
+        if error:
+            failures.append(error)
+    return tried, failures
 
-    def insert(i):
-        sql = (f"INSERT into mqout (host,port,token,data) VALUES "
-               f"('127.0.0.1','{a.port}','cli','enqueued under load {i}');")
-        proc = subprocess.run(["sqlite3", str(b.db), sql], capture_output=True, text=True)
-        return proc.returncode != 0 or "locked" in proc.stderr
 
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        failures = sum(pool.map(insert, range(n_cli)))
-    inn = sqlite3.connect(a.db, timeout=10)
-    wait_for(lambda: inn.execute("SELECT count(*) FROM mqin WHERE token = 'cli'")
-             .fetchone()[0] == n_cli - failures, 120, "CLI-enqueued messages")
-    inn.close()
-    return failures
+def cli_inserts_under_load(a, b, n_flow, n_cli):
+    """n_cli plain sqlite3 INSERTs into the receiver's database, one after another, while
+    n_flow messages flow into it; returns the failures."""
+    dbmod.insert_series(a.db, "127.0.0.1", b.port, "load", n_flow, pad=93)
+    tried, failures = plain_inserts(b.db, a.port, "cli", n_cli)
+    ok = tried - len(failures)
+    wait_until(lambda: a.count("mqin", "token = 'cli'") >= ok, 120, "CLI-enqueued messages")
+    assert_exactly_once_in_order(dbmod.series_numbers(a.db, "cli"), range(1, ok + 1), "cli")
+    return len(failures)
+
+
+def cli_inserts_under_flood(a, b, n_flow, least=150, most=400):
+    """Both daemons flood each other with n_flow messages; meanwhile plain sqlite3
+    INSERTs into A's mqout, one after another, until the flood has arrived (at least
+    `least`, at most `most`). Returns (tried, failures)."""
+    dbmod.insert_series(b.db, "127.0.0.1", a.port, "flood-in", n_flow, pad=93)
+    dbmod.insert_series(a.db, "127.0.0.1", b.port, "flood-out", n_flow, pad=93)
+    inn = dbmod.connect_ro(a.db)
+    try:
+        tried, failures = plain_inserts(
+            a.db, b.port, "busy", most, least=least,
+            until=lambda: inn.execute("SELECT count(*) FROM mqin WHERE token = 'flood-in'")
+            .fetchone()[0] >= n_flow)
+    finally:
+        inn.close()
+    ok = tried - len(failures)
+    for sender, receiver, tag, n in ((b, a, "flood-in", n_flow), (a, b, "flood-out", n_flow),
+                                     (a, b, "busy", ok)):
+        wait_until(lambda: receiver.count("mqin", "token = ?", (tag,)) >= n, 120,
+                   f"{tag}: {n} delivered")
+        assert_exactly_once_in_order(dbmod.series_numbers(receiver.db, tag), range(1, n + 1),
+                                     tag)
+    return tried, failures
 
 
 def idle_cpu(daemon, seconds):
     before = cpu_seconds(daemon.pid)
-    time.sleep(seconds)
+    time.sleep(seconds)  # the measurement's duration
     return 100 * (cpu_seconds(daemon.pid) - before) / seconds
 
 
@@ -138,20 +146,26 @@ def main(argv=None):
             b.start()
             rate, elapsed, inserting = throughput(a, b, args.messages, args.size)
             print(f"throughput: {rate:,.0f} messages/s ({args.messages} x {args.size} B "
-                  f"pre-inserted, delivered in {elapsed:.2f} s, exactly once; the INSERT "
-                  f"itself took {inserting:.2f} s with the numbering trigger)")
-            p50, p99 = latency(a, b, args.latency_samples, 0.01)
-            print(f"latency INSERT -> peer's mqin: p50 {p50 * 1000:.2f} ms, "
-                  f"p99 {p99 * 1000:.2f} ms ({args.latency_samples} samples)")
+                  f"pre-inserted, delivered in {elapsed:.2f} s, exactly once in order; the "
+                  f"INSERT itself took {inserting:.2f} s with the numbering trigger)", flush=True)
+            times = latencies(a, [b], args.latency_samples, "lat")
+            print(f"latency INSERT -> peer's mqin: p50 {statistics.median(times) * 1000:.2f} ms, "
+                  f"p99 {percentile(times, 0.99) * 1000:.2f} ms ({args.latency_samples} "
+                  f"samples)", flush=True)
             failures = cli_inserts_under_load(a, b, args.messages, args.cli_inserts)
             print(f"sqlite3 CLI inserts without busy timeout while {args.messages} messages "
                   f"flow in: {failures} of {args.cli_inserts} failed "
-                  f"({100 * failures / args.cli_inserts:.2f}%)")
+                  f"({100 * failures / args.cli_inserts:.2f}%)", flush=True)
+            tried, failed = cli_inserts_under_flood(a, b, args.messages)
+            example = f"; e.g. {failed[0]!r}" if failed else ""
+            print(f"sqlite3 CLI inserts without busy timeout while the two daemons flood each "
+                  f"other with {args.messages} messages each way: {len(failed)} of {tried} "
+                  f"failed ({100 * len(failed) / max(tried, 1):.1f}%){example}", flush=True)
             print(f"idle CPU over {args.idle_seconds:.0f} s: sender "
                   f"{idle_cpu(a, args.idle_seconds):.2f}% of a core", end="")
             print(f", receiver {idle_cpu(b, args.idle_seconds):.2f}%")
-            print(f"peak RSS: sender {peak_rss_mb(a.pid):.1f} MB, "
-                  f"receiver {peak_rss_mb(b.pid):.1f} MB")
+            print(f"peak RSS: sender {memory_mb(a.pid, 'VmHWM'):.1f} MB, "
+                  f"receiver {memory_mb(b.pid, 'VmHWM'):.1f} MB")
         finally:
             a.cleanup()
             b.cleanup()

@@ -14,7 +14,7 @@ daemon's stderr tail.
     to READY=1 (target 2 s), RSS at 2 and 10 s and VmHWM (it must stay flat), what
     application INSERTs see meanwhile, stop and restart with the backlog, then how long
     it takes to drain once a receiver starts on that port.
-    (b2) The same backlog in a database the application made (the SPEC's tables) before
+    (b2) The same backlog in a database the application made (README.md's two tables) before
     tinymqd first ran: its rows have no sequence numbers yet; the drain gets 30 s.
 (c) Isolation, sized for 2 cores: 1 sender, 10 live destinations (real daemons) and 990
     dead ones (ports on 127.0.0.2 where nothing listens, 5 rows each); latency to the
@@ -48,7 +48,13 @@ import tempfile
 import time
 import traceback
 
-from tests.support.daemon import PYTHON, REPO, Daemon, daemon_env
+from tests.bench import latencies, percentile
+from tests.support import db as dbmod
+from tests.support.checks import assert_exactly_once_in_order
+from tests.support.daemon import Daemon, check_daemons
+from tests.support.observe import cpu_seconds, memory_mb
+from tests.support.relay import RelayProcess
+from tests.support.wait import wait_until
 
 QUIET_PORTS = (20000, 32000)  # below ip_local_port_range: free_udp_port never picks them
 DEAD_HOST = "127.0.0.2"  # loopback, but an address no test daemon binds
@@ -60,15 +66,6 @@ class BenchFailure(AssertionError):
 
 
 # -- small tools ---------------------------------------------------------------------
-
-def proc_status(pid, key):
-    """A /proc/PID/status figure in MB (VmRSS, VmHWM)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
 
 def wakeups(pid):
     """Voluntary context switches of all threads of a process (how often it slept and
@@ -83,12 +80,6 @@ def wakeups(pid):
         except FileNotFoundError:
             pass
     return total
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def quiet_ports(n, host="127.0.0.1", avoid=()):
@@ -112,52 +103,20 @@ def quiet_ports(n, host="127.0.0.1", avoid=()):
     raise BenchFailure(f"could not find {n} quiet UDP ports")
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
-
-
-def connect(db):
-    """Autocommit connection: never holds a read transaction between statements."""
-    return sqlite3.connect(str(db), timeout=30, isolation_level=None)
-
-
-def insert_series(db, host, port, tag, n, size, start=1):
-    """One INSERT statement: n rows, token=tag, data '<tag>-<i:07d>' padded to size bytes.
-    Returns the first x."""
-    con = connect(db)
-    try:
-        con.execute(
-            "WITH RECURSIVE c(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-            "INSERT INTO mqout (host, port, token, data) "
-            "SELECT ?, ?, ?, printf('%-*s', ?, printf('%s-%07d', ?, i)) FROM c",
-            (start, start + n - 1, host, port, tag, size, tag))
-        (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
-    finally:
-        con.close()
-    return last - n + 1
+def insert_series(db, host, port, tag, n, size):
+    """n rows, token=tag, data '<tag>-<i:06d>' padded to about `size` bytes, in one
+    INSERT statement."""
+    return dbmod.insert_series(db, host, port, tag, n, pad=max(0, size - len(tag) - 7))
 
 
 def check_series(db, tag, n, what):
-    """Exactly once and in order: mqin holds exactly <tag>-1 .. <tag>-n for this token,
-    each once, in increasing order of x. Raises BenchFailure otherwise."""
-    con = connect(db)
-    try:
-        total, distinct, inversions, low, high = con.execute(
-            "SELECT count(*), count(DISTINCT data), coalesce(sum(prev >= data), 0), "
-            "min(data), max(data) FROM (SELECT data, lag(data) OVER (ORDER BY x) AS prev "
-            "FROM mqin WHERE token = ?)", (tag,)).fetchone()
-    finally:
-        con.close()
-    first, last = f"{tag}-{1:07d}", f"{tag}-{n:07d}"
-    ok = (total == distinct == n and inversions == 0 and low is not None
-          and low.rstrip() == first and high.rstrip() == last)
-    if not ok:
-        raise BenchFailure(
-            f"{what}: not exactly once in order: {total} rows, {distinct} distinct, "
-            f"{inversions} out of order, first {low and low.rstrip()!r}, "
-            f"last {high and high.rstrip()!r}; expected {n} rows {first} .. {last}")
-    return n
+    """Exactly once and in order: the receiver's mqin holds <tag>-1 .. <tag>-n."""
+    assert_exactly_once_in_order(dbmod.series_numbers(db, tag), range(1, n + 1), what)
+
+
+def connect(db):
+    """An application's autocommit connection (it waits up to 30 s for the lock)."""
+    return sqlite3.connect(str(db), timeout=30, isolation_level=None)
 
 
 def udp_counters():
@@ -166,8 +125,10 @@ def udp_counters():
     return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
 
 
-def max_x(con, table="mqin"):
-    return con.execute(f"SELECT coalesce(max(x), 0) FROM {table}").fetchone()[0]
+def waited(predicate, timeout, what, interval=0.005):
+    """wait_until(); returns the moment the predicate was seen true (for timings)."""
+    wait_until(predicate, timeout, what, interval=interval)
+    return time.monotonic()
 
 
 class Context:
@@ -191,35 +152,20 @@ class Context:
             d.wait_ready(timeout)
         return daemons
 
-    def alive(self, *daemons):
-        for d in daemons:
-            if d.proc is not None and d.ready_at is not None and d.proc.poll() is not None:
-                raise BenchFailure(f"daemon {d.name} (port {d.port}) died with exit code "
-                                   f"{d.proc.returncode}; stderr:\n{d.stderr_tail(20)}")
-
-    def wait(self, predicate, timeout, what, interval=0.005, daemons=()):
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return time.monotonic()
-            self.alive(*daemons)
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(interval)
-
     def relay(self, target_port, seed, **faults):
-        """The chaos relay as its own process (the CLI); returns RelayProcess."""
-        r = RelayProcess(target_port, seed, faults)
+        """The chaos relay as its own process, so that it does not compete with this
+        one for the interpreter."""
+        r = RelayProcess(target_port, seed, **faults)
         self.relays.append(r)
         return r
 
     def stop(self, *daemons):
-        """SIGTERM to all at once, then wait: each must exit 0 (SPEC: within 2 s; more
+        """SIGTERM to all at once, then wait: each must exit 0 (README.md: within 2 s; more
         is tolerated here when many stop together on 2 cores). Returns the slowest."""
         t0 = time.monotonic()
         running = [d for d in daemons if d.running]
         for d in running:
-            d.proc.send_signal(signal.SIGTERM)
+            d.send_signal(signal.SIGTERM)
         slowest = 0.0
         for d in running:
             try:
@@ -252,35 +198,6 @@ class Context:
         return "\n".join(out)
 
 
-class RelayProcess:
-    def __init__(self, target_port, seed, faults):
-        args = [PYTHON, "-m", "tests.support.relay", "--listen", "127.0.0.1:0",
-                "--target", f"127.0.0.1:{target_port}", "--seed", str(seed)]
-        for key, value in faults.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, cwd=REPO, env=daemon_env(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("relay listening on "):
-            self.proc.kill()
-            raise BenchFailure(f"relay did not start: {line!r} {self.proc.stderr.read()}")
-        self.port = int(line.split()[3].rsplit(":", 1)[1])
-        self.stats = None
-
-    def stop(self):
-        """SIGTERM; returns its counters (forward = DATA, reverse = ACK)."""
-        if self.stats is None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                out, _ = self.proc.communicate(timeout=10)
-                self.stats = json.loads(out.strip().splitlines()[-1])
-            except (subprocess.TimeoutExpired, ValueError, IndexError):
-                self.proc.kill()
-                self.proc.wait()
-                self.stats = {}
-        return self.stats
-
-
 def drops(stats):
     f, r = stats.get("forward", {}), stats.get("reverse", {})
     return (f"relay dropped {f.get('dropped', 0)}/{f.get('received', 0)} DATA, "
@@ -308,13 +225,13 @@ def fig_a(ctx, quick):
                     relay = ctx.relay(b.port, seed=1000 * rep + loss, loss=loss)
                     port = relay.port
                 tag = f"a{loss}r{rep}"
-                base = max_x(inn)
+                base = dbmod.max_x(inn)
                 t0 = time.monotonic()
                 insert_series(a.db, "127.0.0.1", port, tag, n, size)
-                t1 = ctx.wait(lambda: max_x(inn) - base >= n, 300,
-                              f"(a) {n} messages, loss {loss}", daemons=(a, b))
-                ctx.wait(lambda: connect_count(a.db, "mqout") == 0, 60,
-                         f"(a) sender's mqout to empty, loss {loss}", daemons=(a, b))
+                t1 = waited(lambda: dbmod.max_x(inn) - base >= n, 300,
+                            f"(a) {n} messages, loss {loss}")
+                wait_until(lambda: dbmod.count(a.db, "mqout") == 0, 60,
+                           f"(a) sender's mqout to empty, loss {loss}")
                 check_series(b.db, tag, n, f"(a) loss {loss}, run {rep + 1}")
                 rates[loss].append(n / (t1 - t0))
                 stats[loss].append(relay.stop() if relay else {})
@@ -336,26 +253,14 @@ def fig_a(ctx, quick):
     ctx.stop(a, b)
 
 
-def connect_count(db, table, where="1", params=()):
-    con = connect(db)
-    try:
-        return con.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
-    finally:
-        con.close()
-
-
 # -- (b) a million rows queued ------------------------------------------------------------
 
-def app_insert(db, port, busy_ms):
-    """One application INSERT: with busy_ms=None the plain sqlite3 CLI as users type it
-    (no busy timeout; returns True if it failed), else Python's sqlite3 with that busy
-    timeout (returns the seconds BEGIN IMMEDIATE waited for the write lock; the COMMIT
-    may also run an automatic checkpoint, which is not the daemon's doing)."""
+def busy_insert(db, port, busy_ms):
+    """One application INSERT with Python's sqlite3 and that busy timeout: returns the
+    seconds BEGIN IMMEDIATE waited for the write lock (the COMMIT may also run an
+    automatic checkpoint, which is not the daemon's doing)."""
     sql = ("INSERT INTO mqout (host, port, token, data) VALUES "
            f"('127.0.0.1', {port}, 'probe', 'an application row');")
-    if busy_ms is None:
-        proc = subprocess.run(["sqlite3", str(db), sql], capture_output=True, text=True)
-        return proc.returncode != 0 or "locked" in proc.stderr
     con = sqlite3.connect(str(db), timeout=busy_ms / 1000, isolation_level=None)
     try:
         t = time.monotonic()
@@ -368,33 +273,26 @@ def app_insert(db, port, busy_ms):
     return waited
 
 
-def watch_backlog(ctx, d, t0, until, probe_port, rss):
+def watch_backlog(d, t0, until, probe_port, rss):
     """Until `until` s after t0: RSS samples into rss {second: MB}, and application
     INSERTs (to probe_port, where nothing listens) beside the daemon's own writes.
     Returns (CLI failures, CLI tries, Python INSERT seconds)."""
     fails = tries = 0
     waits = []
     while (now := time.monotonic() - t0) < until:
-        rss[round(now, 1)] = proc_status(d.pid, "VmRSS")
+        rss[round(now, 1)] = memory_mb(d.pid, "VmRSS")
         tries += 1
-        fails += app_insert(d.db, probe_port, None)
-        waits.append(app_insert(d.db, probe_port, 30000))
-        ctx.alive(d)
+        fails += bool(dbmod.plain_insert(d.db, "127.0.0.1", probe_port, "probe",
+                                         "an application row"))
+        waits.append(busy_insert(d.db, probe_port, 30000))
+        check_daemons()
         time.sleep(0.2)
     return fails, tries, waits
 
 
-APP_SCHEMA = """
-CREATE TABLE mqout (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,
-                    host TEXT, port INTEGER DEFAULT 9000, token TEXT, data, last_error TEXT);
-CREATE TABLE mqin (x INTEGER PRIMARY KEY AUTOINCREMENT, ts DEFAULT CURRENT_TIMESTAMP,
-                   shost TEXT, sport INTEGER, token TEXT, data);
-"""
-
-
 def fig_b(ctx, quick, drain_limit):
     """(b) the backlog queued in an existing tinymq database while the daemon is stopped;
-    (b2) the same backlog in a database the application made with the SPEC's tables
+    (b2) the same backlog in a database the application made with README.md's two tables
     before tinymqd first ran (as after an upgrade from a version that numbered rows
     later): whatever the daemon has to do with such rows, it must not delay READY=1."""
     n = 200_000 if quick else 1_000_000
@@ -407,10 +305,7 @@ def backlog(ctx, fig, n, premade, drain_limit):
     dest_port, probe_port = quiet_ports(2)
     a = ctx.daemon(f"{fig}-sender")
     if premade:
-        con = connect(a.db)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(APP_SCHEMA)
-        con.close()
+        dbmod.make_app_database(a.db, wal=True)
         where = "in a database the application made before tinymqd first ran"
     else:
         a.start()  # creates the database and its tables, as on a first install
@@ -425,11 +320,11 @@ def backlog(ctx, fig, n, premade, drain_limit):
     ready = a.ready_at - t0
     rss = {}
     cpu0 = cpu_seconds(a.pid)
-    fails, tries, waits = watch_backlog(ctx, a, t0, 10.0, probe_port, rss)
-    hwm = proc_status(a.pid, "VmHWM")
+    fails, tries, waits = watch_backlog(a, t0, 10.0, probe_port, rss)
+    hwm = memory_mb(a.pid, "VmHWM")
     cpu = cpu_seconds(a.pid) - cpu0
-    numbered = connect_count(a.db, "mqout", "token = 'big' AND stream IS NOT NULL")
-    errors = connect_count(a.db, "mqout", "token = 'big' AND last_error IS NOT NULL")
+    numbered = dbmod.count(a.db, "mqout", "token = 'big' AND stream IS NOT NULL")
+    errors = dbmod.count(a.db, "mqout", "token = 'big' AND last_error IS NOT NULL")
     at2 = min(rss.items(), key=lambda kv: abs(kv[0] - 2))[1]
     at10 = rss[max(rss)]
     print(f"({fig}) {n:,} rows ({size} B) queued {where}, for a port where nothing listens "
@@ -464,29 +359,28 @@ def backlog(ctx, fig, n, premade, drain_limit):
         inn = connect(b.db)
         deadline = t1 + drain_limit
         while True:
-            got = max_x(inn)
+            got = dbmod.max_x(inn)
             if got >= n or time.monotonic() > deadline:
                 break
-            ctx.alive(a, b)
+            check_daemons()
             time.sleep(0.05)
         t2 = time.monotonic()
     finally:
         if inn is not None:
             inn.close()
-    hwm_after = proc_status(a.pid, "VmHWM")
-    recv_hwm = proc_status(b.pid, "VmHWM")
+    hwm_after = memory_mb(a.pid, "VmHWM")
+    recv_hwm = memory_mb(b.pid, "VmHWM")
     rate = got / (t2 - t1)
     if got >= n:
-        ctx.wait(lambda: connect_count(a.db, "mqout", "token = 'big'") == 0, 60,
-                 f"({fig}) sender's mqout to empty after the drain", interval=0.1,
-                 daemons=(a, b))
+        wait_until(lambda: dbmod.count(a.db, "mqout", "token = 'big'") == 0, 60,
+                   f"({fig}) sender's mqout to empty after the drain", interval=0.1)
         check_series(b.db, "big", n, f"({fig}) drain")
         print(f"({fig}) drain: all {n:,} delivered {t2 - t1:.1f} s after the receiver started "
               f"({rate:,.0f} messages/s); peak RSS sender {hwm_after:.1f} MB, receiver "
               f"{recv_hwm:.1f} MB; exactly once in order", flush=True)
     else:
         # A partial drain is still checked: a gap-free, duplicate-free prefix.
-        check_prefix(b.db, "big", got, f"({fig}) partial drain")
+        check_prefix(b.db, "big", f"({fig}) partial drain")
         print(f"({fig}) drain: only {got:,} of {n:,} delivered in the {drain_limit:.0f} s "
               f"allowed ({rate:,.0f} messages/s: all would take about "
               f"{n / max(rate, 1) / 60:.0f} min); peak RSS sender {hwm_after:.1f} MB; "
@@ -494,48 +388,13 @@ def backlog(ctx, fig, n, premade, drain_limit):
     ctx.stop(a, b)
 
 
-def check_prefix(db, tag, got, what):
-    con = connect(db)
-    try:
-        total, distinct, inversions, high = con.execute(
-            "SELECT count(*), count(DISTINCT data), coalesce(sum(prev >= data), 0), max(data) "
-            "FROM (SELECT data, lag(data) OVER (ORDER BY x) AS prev FROM mqin "
-            "WHERE token = ?)", (tag,)).fetchone()
-    finally:
-        con.close()
-    if not (total == distinct and inversions == 0 and
-            (total == 0 or high.rstrip() == f"{tag}-{total:07d}")):
-        raise BenchFailure(f"{what}: {total} rows, {distinct} distinct, {inversions} out of "
-                           f"order, last {high!r}: not a gap-free prefix")
+def check_prefix(db, tag, what):
+    """What arrived so far is <tag>-1 .. <tag>-k, each once, in order."""
+    numbers = dbmod.series_numbers(db, tag)
+    assert_exactly_once_in_order(numbers, range(1, len(numbers) + 1), f"{what} (a prefix)")
 
 
 # -- (c) isolation: live destinations beside many dead ones -------------------------------
-
-def latency_round(ctx, a, live, conns, samples, tag, gap=0.01):
-    """INSERT into a's mqout (round robin over the live daemons) -> visible in that
-    daemon's mqin. Returns the sorted latencies in seconds."""
-    out = connect(a.db)
-    times = []
-    try:
-        for i in range(samples):
-            k = i % len(live)
-            marker = f"{tag}-{i:07d}"
-            t0 = time.monotonic()
-            out.execute("INSERT INTO mqout (host, port, token, data) VALUES "
-                        "('127.0.0.1', ?, ?, ?)", (live[k].port, tag, marker))
-            probe = conns[k]
-            while not probe.execute("SELECT 1 FROM mqin WHERE x > (SELECT max(x) - 2 FROM mqin)"
-                                    " AND data = ?", (marker,)).fetchone():
-                if time.monotonic() - t0 > 15:
-                    raise BenchFailure(f"(c) a message to live destination {live[k].name} "
-                                       f"took over 15 s ({tag} sample {i})")
-                time.sleep(0.0002)
-            times.append(time.monotonic() - t0)
-            time.sleep(gap)
-    finally:
-        out.close()
-    return sorted(times)
-
 
 def fig_c(ctx, quick):
     n_live, n_dead = (5, 495) if quick else (10, 990)
@@ -544,52 +403,42 @@ def fig_c(ctx, quick):
     a = ctx.daemon("c-sender")
     live = [ctx.daemon(f"c-live{i:02d}") for i in range(n_live)]
     ctx.start(a, *live)
-    conns = [connect(d.db) for d in live]
-    try:
-        # Warm up each path once (first contact, RTT estimate), as in steady use.
-        latency_round(ctx, a, live, conns, n_live, "warm", gap=0)
-        base = latency_round(ctx, a, live, conns, samples, "base")
-        dead_ports = quiet_ports(n_dead, DEAD_HOST)
-        con = connect(a.db)
-        t0 = time.monotonic()
-        con.execute(
-            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-            "INSERT INTO mqout (host, port, token, data) SELECT ?, j.value, 'dead', "
-            "printf('dead-%05d-%02d', j.value, c.i) FROM json_each(?) AS j, c "
-            "ORDER BY c.i, j.key", (per_dead, DEAD_HOST, json.dumps(dead_ports)))
-        con.close()
-        # During the first seconds: rows numbered, first sends, first timeouts.
-        during = latency_round(ctx, a, live, conns, samples // 2, "early")
-        # Then steady state: every dead destination declared unreachable (last_error set).
-        total_dead = n_dead * per_dead
-        ctx.wait(lambda: connect_count(a.db, "mqout", "token = 'dead' AND last_error IS NOT NULL")
-                 == total_dead, 120, f"(c) last_error on all {total_dead} dead rows",
-                 interval=0.2, daemons=(a, *live))
-        marked = time.monotonic() - t0
-        cpu0, w0 = cpu_seconds(a.pid), time.monotonic()
-        steady = latency_round(ctx, a, live, conns, samples, "steady")
-        cpu = 100 * (cpu_seconds(a.pid) - cpu0) / (time.monotonic() - w0)
-        cpu_idle0, w1 = cpu_seconds(a.pid), time.monotonic()
-        time.sleep(3)
-        cpu_idle = 100 * (cpu_seconds(a.pid) - cpu_idle0) / (time.monotonic() - w1)
-        left = connect_count(a.db, "mqout", "token = 'dead'")
-        if left != total_dead:
-            raise BenchFailure(f"(c) {total_dead - left} of the {total_dead} rows for dead "
-                               f"destinations left mqout")
-        # Exactly once: each marker once, at the live daemon it was sent to.
-        for k, d in enumerate(live):
-            for tag, count in (("warm", n_live), ("base", samples), ("early", samples // 2),
-                               ("steady", samples)):
-                expect = {f"{tag}-{i:07d}" for i in range(count) if i % n_live == k}
-                rows = [r[0] for r in conns[k].execute(
-                    "SELECT data FROM mqin WHERE token = ? ORDER BY x", (tag,))]
-                if sorted(rows) != sorted(expect) or len(rows) != len(set(rows)) or \
-                        rows != sorted(rows):
-                    raise BenchFailure(f"(c) {d.name}/{tag}: {len(rows)} rows, expected "
-                                       f"{len(expect)}, exactly once in order violated")
-    finally:
-        for c in conns:
-            c.close()
+    # Warm up each path once (first contact, RTT estimate), as in steady use.
+    latencies(a, live, n_live, "warm", gap=0)
+    base = latencies(a, live, samples, "base")
+    dead_ports = quiet_ports(n_dead, DEAD_HOST)
+    con = connect(a.db)
+    t0 = time.monotonic()
+    con.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+        "INSERT INTO mqout (host, port, token, data) SELECT ?, j.value, 'dead', "
+        "printf('dead-%05d-%02d', j.value, c.i) FROM json_each(?) AS j, c "
+        "ORDER BY c.i, j.key", (per_dead, DEAD_HOST, json.dumps(dead_ports)))
+    con.close()
+    # During the first seconds: rows numbered, first sends, first timeouts.
+    during = latencies(a, live, samples // 2, "early")
+    # Then steady state: every dead destination declared unreachable (last_error set).
+    total_dead = n_dead * per_dead
+    wait_until(lambda: dbmod.count(a.db, "mqout", "token = 'dead' AND last_error IS NOT NULL")
+               == total_dead, 120, f"(c) last_error on all {total_dead} dead rows",
+               interval=0.2)
+    marked = time.monotonic() - t0
+    cpu0, w0 = cpu_seconds(a.pid), time.monotonic()
+    steady = latencies(a, live, samples, "steady")
+    cpu = 100 * (cpu_seconds(a.pid) - cpu0) / (time.monotonic() - w0)
+    cpu_idle0, w1 = cpu_seconds(a.pid), time.monotonic()
+    time.sleep(3)  # the measurement's duration
+    cpu_idle = 100 * (cpu_seconds(a.pid) - cpu_idle0) / (time.monotonic() - w1)
+    left = dbmod.count(a.db, "mqout", "token = 'dead'")
+    if left != total_dead:
+        raise BenchFailure(f"(c) {total_dead - left} of the {total_dead} rows for dead "
+                           f"destinations left mqout")
+    # Exactly once, in order: each marker once, at the live daemon it was sent to.
+    for k, d in enumerate(live):
+        for tag, count in (("warm", n_live), ("base", samples), ("early", samples // 2),
+                           ("steady", samples)):
+            assert_exactly_once_in_order(dbmod.series_numbers(d.db, tag),
+                                         range(k, count, n_live), f"(c) {d.name}/{tag}")
 
     def fmt(t):
         return f"p50 {1000 * statistics.median(t):.2f} ms, p99 {1000 * percentile(t, 0.99):.2f} ms"
@@ -626,16 +475,16 @@ def fig_d(ctx, quick):
         for rep, label, faults in runs:
             relay = ctx.relay(b.port, seed=16 + rep, **faults)
             token = f"blob-{rep}-{len(results.get(label, []))}-{label[:2]}"
-            base = max_x(inn)
+            base = dbmod.max_x(inn)
             out = connect(a.db)
             t0 = time.monotonic()
             out.execute("INSERT INTO mqout (host, port, token, data) VALUES ('127.0.0.1', ?, ?, ?)",
                         (relay.port, token, blob))
             out.close()
-            t1 = ctx.wait(lambda: max_x(inn) > base, 300, f"(d) 16 MiB message ({label})",
-                          interval=0.01, daemons=(a, b))
-            ctx.wait(lambda: connect_count(a.db, "mqout") == 0, 60,
-                     "(d) sender's mqout to empty", daemons=(a, b))
+            t1 = waited(lambda: dbmod.max_x(inn) > base, 300, f"(d) 16 MiB message ({label})",
+                        interval=0.01)
+            wait_until(lambda: dbmod.count(a.db, "mqout") == 0, 60,
+                       "(d) sender's mqout to empty")
             rows = inn.execute("SELECT typeof(data), data FROM mqin WHERE token = ?",
                                (token,)).fetchall()
             if len(rows) != 1 or rows[0][0] != "blob" or \
@@ -672,8 +521,8 @@ def many_senders(ctx, n_senders, per, size=100):
     # with HELLO when it comes back.
     for s in senders:
         insert_series(s.db, "127.0.0.1", recv.port, f"hi{s.name[-3:]}", 1, 10)
-    ctx.wait(lambda: connect_count(recv.db, "mqin") == n_senders, 60,
-             "(e) first contact from every sender", interval=0.05)
+    wait_until(lambda: dbmod.count(recv.db, "mqin") == n_senders, 60,
+               "(e) first contact from every sender", interval=0.05)
     recv.stop()
     # Each sender gets its backlog while the receiver is down.
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -689,9 +538,8 @@ def many_senders(ctx, n_senders, per, size=100):
     base = n_senders  # the first-contact rows
     total = n_senders * per
     try:
-        t1 = ctx.wait(lambda: max_x(inn) - base >= total, 300,
-                      f"(e) {total} messages from {n_senders} senders", interval=0.01,
-                      daemons=(recv, *senders))
+        t1 = waited(lambda: dbmod.max_x(inn) - base >= total, 300,
+                    f"(e) {total} messages from {n_senders} senders", interval=0.01)
         cpu_recv = cpu_seconds(recv.pid)
         cpu_senders = sum(cpu_seconds(s.pid) for s in senders) - cpu_senders
         woke = sum(wakeups(s.pid) for s in senders) - woke
@@ -702,10 +550,10 @@ def many_senders(ctx, n_senders, per, size=100):
         inn.close()
     for s in senders:
         check_series(recv.db, f"s{s.name[-3:]}", per, f"(e) from {s.name}")
-    ctx.wait(lambda: all(connect_count(s.db, "mqout") == 0 for s in senders), 60,
-             "(e) every sender's mqout to empty", interval=0.1)
+    wait_until(lambda: all(dbmod.count(s.db, "mqout") == 0 for s in senders), 60,
+               "(e) every sender's mqout to empty", interval=0.1)
     fractions = sorted((x - base) / total for _, x in finish)
-    rss = [proc_status(s.pid, "VmHWM") for s in senders]
+    rss = [memory_mb(s.pid, "VmHWM") for s in senders]
     busy = 100 * (cpu_recv + cpu_senders) / (t1 - t0) / os.cpu_count()
     print(f"(e) design: {n_senders} real sender daemons (all started in {startup:.1f} s; peak "
           f"RSS {min(rss):.0f}-{max(rss):.0f} MB each), {per:,} messages of {size} B each, "

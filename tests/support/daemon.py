@@ -19,7 +19,7 @@ PYTHON = "/usr/bin/python3"
 # TINYMQD_CMD="tinymqd" runs the suite against an installed daemon instead of the tree.
 DAEMON_CMD = shlex.split(os.environ.get("TINYMQD_CMD", f"{PYTHON} -m tinymqd"))
 READY_TIMEOUT = float(os.environ.get("TINYMQ_TEST_READY_TIMEOUT", "10"))
-STOP_LIMIT = 2.0  # SPEC: SIGTERM/SIGINT -> exit 0 within 2 s
+STOP_LIMIT = 2.0  # README.md: SIGTERM/SIGINT -> exit 0 within 2 s
 
 _ENV_DROP = ("NOTIFY_SOCKET", "JOURNAL_STREAM", "INVOCATION_ID", "WATCHDOG_USEC", "WATCHDOG_PID",
              "LISTEN_FDS", "LISTEN_PID", "PYTHONHOME", "PYTHONSTARTUP")

@@ -1,6 +1,7 @@
-"""Looking at a running daemon from outside: its log since a mark, its memory, its
-STATUS= figures."""
+"""Looking at a running daemon from outside: its log since a mark, its memory and CPU
+time, its STATUS= figures."""
 
+import os
 import re
 
 LEVELS = ("WARNING", "ERROR", "CRITICAL")
@@ -37,16 +38,33 @@ def matching(lines, pattern):
     return [line for line in lines if rx.search(line)]
 
 
-def rss_bytes(pid):
-    """Resident memory of a process (bytes), 0 if it is gone."""
+def memory_kib(pid, key="VmRSS"):
+    """A memory figure of a process from /proc/PID/status in KiB (VmRSS: resident now,
+    VmHWM: the peak); 0 if the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         return 0
     return 0
+
+
+def memory_mb(pid, key="VmRSS"):
+    return memory_kib(pid, key) / 1024
+
+
+def rss_bytes(pid):
+    """Resident memory of a process (bytes), 0 if it is gone."""
+    return memory_kib(pid) * 1024
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) a process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def status_number(daemon, pattern):
