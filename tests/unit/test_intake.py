@@ -1,0 +1,77 @@
+"""Pure helpers of the sending side: the one rule for an unsendable row, size limits,
+encoding a row into a message, address formatting."""
+
+import sqlite3
+
+import pytest
+
+from tinymqd import intake, protocol, store, transport
+from tinymqd.constants import MAX_TOKEN_BYTES
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "t.db"
+    store.initialize(str(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    yield conn
+    conn.close()
+
+
+ROWS = [  # host, port, problem (None: sendable)
+    ("hostB", 9000, None),
+    ("hostB", None, None),
+    ("[::1]", 1, None),
+    ("hostB", 65535, None),
+    (None, 9000, "host is empty"),
+    ("", 9000, "host is empty"),
+    (" [] ", 9000, "host is empty"),
+    ("hostB", 0, "port 0 is not"),
+    ("hostB", 65536, "port 65536 is not"),
+    ("hostB", "abc", "port 'abc' is not"),
+    ("hostB", 9000.5, "port 9000.5 is not"),
+]
+
+
+@pytest.mark.parametrize("host,port,problem", ROWS)
+def test_the_triggers_number_exactly_the_rows_the_rule_finds_no_problem_in(
+        db, host, port, problem):
+    db.execute("INSERT INTO mqout (host, port, data) VALUES (?, ?, 'x')", (host, port))
+    stream, found = db.execute(
+        f"SELECT stream, {store.row_problem('mqout')} FROM mqout").fetchone()
+    if problem is None:
+        assert found is None and stream is not None
+    else:
+        assert found.startswith(problem) and stream is None
+
+
+def test_size_problems_name_the_limit():
+    assert intake._size_problem(b"x" * 10, 10, None, 10) is None
+    assert "max_message (9 bytes)" in intake._size_problem(b"x" * 10, 10, None, 9)
+    assert "max_message" in intake._size_problem(None, 11, None, 10)  # data not read
+    assert intake._size_problem(b"", 0, b"t" * MAX_TOKEN_BYTES, 10) is None
+    assert "token" in intake._size_problem(b"", 0, b"t" * (MAX_TOKEN_BYTES + 1), 10)
+    assert "token" in intake._size_problem(b"", 0, MAX_TOKEN_BYTES + 1, 10)  # a length
+
+
+@pytest.mark.parametrize("kind,data,wire_kind,wire_data", [
+    (b"text", b"h\xc3\xa9llo", protocol.KIND_TEXT, b"h\xc3\xa9llo"),
+    (b"blob", b"\x00\xff", protocol.KIND_BLOB, b"\x00\xff"),
+    (b"integer", 42, protocol.KIND_INTEGER, b"42"),
+    (b"real", 2.5, protocol.KIND_REAL, b"2.5"),
+    (b"null", None, protocol.KIND_NULL, b""),
+])
+def test_a_row_is_encoded_with_its_type_token_and_ts(kind, data, wire_kind, wire_data):
+    message = protocol.decode_message(intake._encode(kind, data, b"tok", b"2026-01-01"))
+    assert message == protocol.Message(wire_kind, b"tok", b"2026-01-01", wire_data)
+    assert protocol.decode_message(intake._encode(kind, data, None, None)).token is None
+
+
+@pytest.mark.parametrize("host,port,text", [
+    ("hostB", 9000, "hostB:9000"),
+    ("10.0.0.1", 1, "10.0.0.1:1"),
+    ("::1", 9000, "[::1]:9000"),
+    ("::ffff:10.0.0.1", 9000, "10.0.0.1:9000"),
+])
+def test_addresses_are_shown_as_admins_write_them(host, port, text):
+    assert transport.format_endpoint(host, port) == text
