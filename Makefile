@@ -5,9 +5,10 @@ PORT ?= 9000
 RUNDIR ?= run
 RUNTIME_DEBS = python3-yaml python3-systemd python3-sdnotify sqlite3
 TEST_DEBS = python3-pytest python3-pytest-timeout python3-hypothesis iproute2 procps
+LINT_DEBS = pyflakes3
 PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
 
-.PHONY: all run test test-unit test-integration bench chaos deps deps-test clean
+.PHONY: all run lint test test-unit test-integration bench chaos deps deps-test clean
 
 all: test
 
@@ -29,6 +30,12 @@ deps:
 
 deps-test: deps
 	$(call apt_ensure,$(TEST_DEBS))
+
+# Static checks: pyflakes (Debian's pyflakes3) and byte-compiling every module.
+lint:
+	$(call apt_ensure,$(LINT_DEBS))
+	pyflakes3 tinymqd tests
+	$(PYTHON) -m compileall -q tinymqd tests
 
 # Run the daemon in the foreground from the checkout with a local database.
 run: deps
