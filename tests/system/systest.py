@@ -2,12 +2,15 @@
 with a real systemd (systemd-nspawn), network namespaces joined by veth pairs.
 
 The image is a debootstrap root cached under $TINYMQ_TEST_CACHE (default
-/var/cache/tinymq-test), keyed by its recipe. Containers boot it with
+/var/cache/tinymq-test), keyed by its recipe (suite, mirror, packages). The
+mirror is $TINYMQ_TEST_MIRROR, else the first Debian archive in the host's own
+apt sources, else deb.debian.org. Containers boot it with
 --volatile=overlay, so every container starts from the pristine image and
 leaves nothing behind. Each container lives in its own network namespace with
 an address in 10.200.0.0/24; commands run inside through nsenter.
 
-Run `python3 tests/system/systest.py image` to build the image alone, or
+Run `python3 tests/system/systest.py image` to build the image alone,
+`python3 tests/system/systest.py mirror` to see which mirror is used, or
 `python3 tests/system/systest.py sweep` to clean up after a killed run.
 """
 
@@ -30,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TINYMQ_TEST_CACHE", "/var/cache/tinymq-test"))
 RUNS = CACHE / "runs"
 LOGS = Path(os.environ.get("TINYMQ_TEST_LOGS", REPO / ".cache" / "systest-logs"))
-MIRROR = os.environ.get("TINYMQ_TEST_MIRROR", "http://deb.debian.org/debian")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = Path(os.environ.get("TINYMQ_TEST_APT_SOURCES", "/etc/apt"))
 SUITE = "bookworm"
 
 # Everything the containers need, including tinymq's dependencies, so that
@@ -78,6 +82,73 @@ def wait_for(what, predicate, timeout=30.0, interval=0.1):
         time.sleep(interval)
 
 
+# --------------------------------------------------------------- the mirror
+
+# Suite names of Debian's main archive (not -security, -updates, -backports).
+DEBIAN_SUITES = {"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
+                 "oldoldstable", "oldstable", "stable", "testing", "unstable"}
+
+
+def _one_line_sources(path):
+    """(types, uris, suites, components) of each entry of a one-line .list file."""
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        line = re.sub(r"\[[^\]]*\]", " ", line)  # [options]
+        words = line.split()
+        if len(words) >= 4:
+            yield [words[0]], [words[1]], [words[2]], words[3:]
+
+
+def _deb822_sources(path):
+    """(types, uris, suites, components) of each enabled stanza of a .sources file."""
+    for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
+        fields, key = {}, None
+        for line in stanza.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1].isspace() and key:
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        yield (fields.get("types", "").split(), fields.get("uris", "").split(),
+               fields.get("suites", "").split(), fields.get("components", "").split())
+
+
+def host_mirror():
+    """(mirror, where it came from) for debootstrap: $TINYMQ_TEST_MIRROR, else the first
+    Debian main archive in the host's apt sources (a `deb` entry for a Debian release, not
+    -security or -updates, with component main; files in the order apt reads them), else
+    deb.debian.org. $TINYMQ_TEST_APT_SOURCES reads another directory than /etc/apt."""
+    if os.environ.get("TINYMQ_TEST_MIRROR"):
+        return os.environ["TINYMQ_TEST_MIRROR"].rstrip("/"), "set by $TINYMQ_TEST_MIRROR"
+    files = [APT_SOURCES / "sources.list"]
+    parts = APT_SOURCES / "sources.list.d"
+    if parts.is_dir():
+        files += sorted(f for f in parts.iterdir() if f.suffix in (".list", ".sources"))
+    for f in files:
+        try:
+            entries = list(_deb822_sources(f) if f.suffix == ".sources" else _one_line_sources(f))
+        except OSError:
+            continue
+        for types, uris, suites, components in entries:
+            if "deb" not in types or "main" not in components:
+                continue
+            if not DEBIAN_SUITES.intersection(suites):
+                continue
+            for uri in uris:
+                if re.match(r"(https?|file):/", uri):
+                    return uri.rstrip("/"), f"taken from {f}"
+    return DEFAULT_MIRROR, (f"the default: no `deb ... main` entry for a Debian release in "
+                            f"{APT_SOURCES}/sources.list or sources.list.d/")
+
+
+MIRROR, MIRROR_FROM = host_mirror()
+
+
 # ---------------------------------------------------------------- the image
 
 def image_key():
@@ -103,7 +174,8 @@ def ensure_image(log=print):
             shutil.rmtree(old, ignore_errors=True)
         tmp = CACHE / f"building-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"building the system-test image in {root} (about a minute)")
+        log(f"building the system-test image in {root} from {MIRROR} ({MIRROR_FROM}); "
+            "about a minute")
         t0 = time.monotonic()
         host(["debootstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
               SUITE, str(tmp), MIRROR], timeout=900)
@@ -386,10 +458,12 @@ def build_newer_deb(dest_dir, suffix="+systest1"):
 if __name__ == "__main__":
     if sys.argv[1:] == ["image"]:
         print(ensure_image())
+    elif sys.argv[1:] == ["mirror"]:
+        print(f"{MIRROR} ({MIRROR_FROM})")
     elif sys.argv[1:] == ["sweep"]:
         sweep()
     else:
-        sys.exit(f"usage: {sys.argv[0]} image|sweep")
+        sys.exit(f"usage: {sys.argv[0]} image|mirror|sweep")
 
 
 # ------------------------------------------------------ messages in the queue
