@@ -15,8 +15,10 @@ DEB_BUILDDIR := build/deb
 DEB_FILE     := tinymq_$(DEB_VERSION)_all.deb
 DEB_CHANGES  := $(DEB_BUILDDIR)/tinymq_$(DEB_VERSION)_$(shell dpkg --print-architecture).changes
 
-BUILD_DEPS  := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
-               python3-setuptools git lintian
+# build-essential: dpkg-buildpackage refuses to build without it, even for this
+# Architecture: all package.
+BUILD_DEPS  := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
+               python3-all python3-setuptools git lintian
 SYSTEM_DEPS := systemd-container debootstrap iproute2 util-linux python3-pytest \
                python3-pytest-timeout
 
