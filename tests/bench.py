@@ -74,28 +74,12 @@ def latencies(a, receivers, samples, tag, gap=0.01, limit=15.0):
     return sorted(times)
 
 
-def plain_inserts(db, port, tag, most, until=lambda: False, least=0):
-    """Plain `sqlite3 DB "INSERT ..."` (no busy timeout, as users type it), one after
-    another: `most` of them, or fewer once at least `least` were tried and until() is
-    true (asked every 10). Data '<tag>-<i:06d>' for those that worked. Returns (tried,
-    failures: what sqlite3 said)."""
-    failures = []
-    tried = 0
-    while tried < most and (tried < least or tried % 10 or not until()):
-        tried += 1
-        error = dbmod.plain_insert(db, "127.0.0.1", port, tag,
-                                   f"{tag}-{tried - len(failures):06d}")
-        if error:
-            failures.append(error)
-    return tried, failures
-
-
 def cli_inserts_under_load(a, b, n_flow, n_cli):
     """n_cli plain sqlite3 INSERTs into the receiver's database, one after another, while
     n_flow messages flow into it; returns the failures."""
     dbmod.insert_series(a.db, "127.0.0.1", b.port, "load", n_flow, pad=93)
-    tried, failures = plain_inserts(b.db, a.port, "cli", n_cli)
-    ok = tried - len(failures)
+    _tried, failures, done = dbmod.plain_inserts(b.db, [(a.port, "cli")], n_cli)
+    ok = done["cli"]
     wait_until(lambda: a.count("mqin", "token = 'cli'") >= ok, 120, "CLI-enqueued messages")
     assert_exactly_once_in_order(dbmod.series_numbers(a.db, "cli"), range(1, ok + 1), "cli")
     return len(failures)
@@ -109,13 +93,13 @@ def cli_inserts_under_flood(a, b, n_flow, least=150, most=400):
     dbmod.insert_series(a.db, "127.0.0.1", b.port, "flood-out", n_flow, pad=93)
     inn = dbmod.connect_ro(a.db)
     try:
-        tried, failures = plain_inserts(
-            a.db, b.port, "busy", most, least=least,
+        tried, failures, done = dbmod.plain_inserts(
+            a.db, [(b.port, "busy")], most, least=least,
             until=lambda: inn.execute("SELECT count(*) FROM mqin WHERE token = 'flood-in'")
             .fetchone()[0] >= n_flow)
     finally:
         inn.close()
-    ok = tried - len(failures)
+    ok = done["busy"]
     for sender, receiver, tag, n in ((b, a, "flood-in", n_flow), (a, b, "flood-out", n_flow),
                                      (a, b, "busy", ok)):
         wait_until(lambda: receiver.count("mqin", "token = ?", (tag,)) >= n, 120,

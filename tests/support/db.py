@@ -5,6 +5,7 @@ import re
 import sqlite3
 import subprocess
 import tempfile
+import time
 
 SQLITE3 = os.environ.get("TINYMQ_TEST_SQLITE3", "/usr/bin/sqlite3")
 LARGE = 1 << 20  # data above this goes through a file and readfile()
@@ -155,6 +156,29 @@ def plain_insert(db, host, port, token, data):
     if proc.returncode != 0 or proc.stderr.strip():
         return proc.stderr.strip() or f"sqlite3 exited with {proc.returncode}"
     return ""
+
+
+def plain_inserts(db, targets, most, until=None, least=0, pause=None):
+    """plain_insert() one after another into db's mqout, to ("127.0.0.1", port) with
+    token tag for (port, tag) in `targets` in turn: `most` of them, or fewer once at
+    least `least` were tried and until() is true (asked every 10). pause(), when given,
+    says how long to wait after each (the pace). The rows that went in are numbered per
+    tag: data '<tag>-<i:06d>', i = 1, 2, ... Returns (tried, failures: what sqlite3
+    said, {tag: rows that went in})."""
+    failures = []
+    done = {tag: 0 for _port, tag in targets}
+    tried = 0
+    while tried < most and (until is None or tried < least or tried % 10 or not until()):
+        port, tag = targets[tried % len(targets)]
+        tried += 1
+        error = plain_insert(db, "127.0.0.1", port, tag, f"{tag}-{done[tag] + 1:06d}")
+        if error:
+            failures.append(error)
+        else:
+            done[tag] += 1
+        if pause is not None:
+            time.sleep(pause())  # the application's pace
+    return tried, failures, done
 
 
 APP_TABLES = """
