@@ -29,12 +29,13 @@ def _failed(request):
 
 @pytest.fixture
 def make_daemon(tmp_path, request):
-    """Factory: make_daemon("a", **config) -> Daemon (not started). All are stopped at
-    teardown; on failure their stderr tails are printed."""
+    """Factory: make_daemon("a", **config) -> Daemon (not started); daemon_class= a
+    subclass of Daemon to run it differently. All are stopped at teardown; on failure
+    their stderr tails are printed."""
     created = []
 
-    def factory(name="a", **config):
-        d = Daemon(tmp_path, name, **config)
+    def factory(name="a", daemon_class=Daemon, **config):
+        d = daemon_class(tmp_path, name, **config)
         created.append(d)
         return d
 
