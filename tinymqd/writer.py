@@ -17,10 +17,21 @@ make it, because applications insert with the sqlite3 CLI, which waits for no lo
   disk; after the batch's last transaction the writer syncs the WAL file itself, once,
   outside the lock.
 Callbacks run only after that sync, so an acknowledgement never precedes the durable
-write. A locked database, a full disk or an I/O error is waited out (logged once), never
+write. The WAL is the one SQLite uses: beside the file the database path resolves to
+(SQLite follows symlinks), as SQLite names it. The first sync also syncs its directory,
+as the file may just have been created. While this process has the database open, no
+other can remove the WAL (only the last connection to close does, after a checkpoint
+that syncs the database), so a WAL that is missing, replaced or cannot be synced after
+a commit stops the daemon with nothing acknowledged. A checkpoint by another process
+between the commit and the sync may copy the transaction into the database and reset
+or truncate the WAL (same file): that checkpoint syncs the database first, unless that
+process set synchronous=OFF, which gives up durability for every writer of the file.
+
+A locked database, a full disk or an I/O error is waited out (logged once), never
 half-applied: the failed transaction is retried whole.
 """
 
+import errno
 import logging
 import os
 import queue
@@ -56,6 +67,7 @@ class Writer(Worker):
         self.path = path
         self.queue = queue.SimpleQueue()
         self._trouble_since = None
+        self._file = None  # the database file as SQLite names it (symlinks resolved)
         self._wal = None  # (file descriptor, (device, inode)) of the WAL file
         self._last_commit = 0.0
 
@@ -69,9 +81,10 @@ class Writer(Worker):
 
     def loop(self):
         conn = store.connect(self.path)
+        self._file = database_file(conn)
         # Not closed before the process exits: closing it would drop the SQLite locks of
         # the other threads' connections (see lockwatch).
-        others = lockwatch.OtherConnections(self.path)
+        others = lockwatch.OtherConnections(self._file)
         try:
             while True:
                 self.beat()
@@ -113,24 +126,38 @@ class Writer(Worker):
             conn.execute("COMMIT")
 
     def _sync_wal(self):
-        """Make the committed transaction durable (the WAL holds it until a checkpoint,
-        and a checkpoint syncs the WAL before and the database after copying)."""
-        path = self.path + "-wal"
+        """Make the committed transactions durable: fdatasync the WAL that holds them
+        (a checkpoint syncs the WAL before and the database after copying)."""
+        path = self._file + "-wal"
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return  # checkpointed and removed: nothing left to sync there
-        identity = (st.st_dev, st.st_ino)
-        if self._wal is None or self._wal[1] != identity:
-            if self._wal is not None:
-                os.close(self._wal[0])
-            self._wal = (os.open(path, os.O_RDONLY | os.O_CLOEXEC), identity)
-        try:
+            if self._wal is None:
+                self._open_wal(path)
+            elif _identity(os.stat(path)) != self._wal[1]:
+                # No other process can remove it while we have the database open: it was
+                # deleted or replaced by hand, and what SQLite writes to it is lost at the
+                # next start.
+                raise SyncFailed(f"cannot sync {path} to disk: it was removed or "
+                                 f"replaced while in use; restarting")
             os.fdatasync(self._wal[0])
         except OSError as e:
             # After a failed sync nothing tells what reached the disk: acknowledge nothing
             # and stop; peers resend whatever was not acknowledged.
             raise SyncFailed(f"cannot sync {path} to disk: {e.strerror}") from None
+
+    def _open_wal(self, path):
+        """Open the WAL, which this process's commit has just written, and sync its
+        directory: the file may be new, and with synchronous=NORMAL SQLite syncs the
+        directory only when it first syncs the WAL itself, at a checkpoint."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._wal = (fd, _identity(os.fstat(fd)))
+        directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # the file system cannot; SQLite ignores it too
+                raise
+        finally:
+            os.close(directory)
 
     def _drain(self, first):
         batch = []
@@ -202,6 +229,19 @@ def _transactions(batch):
             run, rows = [], 0
     if run:
         yield run
+
+
+def database_file(conn):
+    """The main database file of a connection as SQLite names it: symlinks resolved, so
+    its WAL is this name plus "-wal"."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main" and file:
+            return file
+    raise SyncFailed("the database is not a file: nothing can be synced to disk")
+
+
+def _identity(st):
+    return st.st_dev, st.st_ino
 
 
 class SyncFailed(Exception):
