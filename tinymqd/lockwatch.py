@@ -7,31 +7,58 @@ the write lock) until it exits. The writer looks for such locks held by other pr
 and, while it sees one, waits before taking the write lock.
 
 A process that keeps the database open for long (a consumer with a persistent
-connection, an interactive shell) holds that lock all the time; after RESIDENT_AFTER the
-writer stops waiting for it, but still waits for the short-lived ones beside it. Such
-long-lived programs should set a busy timeout (Python's sqlite3 module waits 5 s by
-default).
+connection, an interactive shell) holds that lock all the time; once it has had the file
+open for RESIDENT_AFTER the writer stops waiting for it, but still waits for the
+short-lived ones beside it. Such long-lived programs should set a busy timeout (Python's
+sqlite3 module waits 5 s by default).
 
-Who holds the lock: /proc/locks lists every holder. Where it cannot be read, F_GETLK
-names one of them (the oldest), which hides short-lived processes behind a long-lived
-one. The lock layout is SQLite's documented file-locking protocol: SHARED locks are read
+Who holds the lock: F_GETLK, a cheap system call, names one other process holding it
+(the one holding locks on the file the longest) or none; this process's own locks never
+conflict with its probe. No holder: nothing to wait for, the common case. A holder:
+whether it, or another one hidden behind it, is short-lived is told by an inotify watch
+on the database file, made when a holder is first seen: a thread notes when processes
+open and close the file (a CLI opens it just before it locks it and closes it after its
+locks are gone), and any process that opened the file less than RESIDENT_AFTER ago and
+has not closed it is waited for. Until the watch has been there for RESIDENT_AFTER, or
+where inotify is missing, the holder F_GETLK names is taken as short-lived for
+RESIDENT_AFTER after it was first seen, and a resident one hides others.
+
+/proc/locks, which lists every holder, is never read: reading it takes the kernel's
+global file-lock semaphore for writing, which after a quiet spell waits for an RCU grace
+period (about 10 ms) while POSIX lock calls on the host wait too.
+
+The lock layout is SQLite's documented file-locking protocol: SHARED locks are read
 locks on the 510 bytes after the PENDING byte (offset 0x40000000) plus 2.
 """
 
+import collections
+import ctypes
+import ctypes.util
 import fcntl
+import logging
 import os
+import select
 import struct
+import threading
 import time
+
+log = logging.getLogger("tinymqd.lockwatch")
 
 SHARED_FIRST = 0x40000000 + 2
 SHARED_SIZE = 510
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (64-bit offsets)
-PROC_LOCKS = "/proc/locks"
 
 POLL = 0.0002  # how often to look again while another process is in its transaction
 MAX_WAIT = 0.05  # never wait longer than this in one go, and after such a wait, not at
 # all for as long again: short-lived processes that never leave a gap get half the time
-RESIDENT_AFTER = 0.1  # a process seen this long keeps the database open: stop waiting
+RESIDENT_AFTER = 0.1  # a process with the file open this long keeps it open: stop waiting
+
+IN_CLOSE_WRITE = 0x008
+IN_CLOSE_NOWRITE = 0x010
+IN_OPEN = 0x020
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then a name
 
 
 class OtherConnections:
@@ -41,38 +68,17 @@ class OtherConnections:
     descriptor of a file drops all of this process's POSIX locks on it, SQLite's too.
     """
 
-    def __init__(self, path, proc_locks=PROC_LOCKS):
+    def __init__(self, path, watch_opens=True):
+        self._path = path
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        st = os.fstat(self._fd)
-        # How /proc/locks names the file: major:minor:inode, then the locked range.
-        self._lock_id = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
-                         f"{SHARED_FIRST} ").encode()
-        self._proc_locks = proc_locks
-        self._own = os.getpid()
-        self._first_seen = {}  # pid -> when it was first seen, while it stays
+        self._first_seen = {}  # pid -> when F_GETLK first named it, while it names it
         self._no_wait_until = 0.0
-
-    def holders(self):
-        """The pids of other processes holding a SHARED lock (0: a process in another
-        pid namespace)."""
-        pids = set()
-        try:
-            with open(self._proc_locks, "rb") as f:
-                table = f.read()
-        except OSError:
-            table = b""
-        for line in table.splitlines():
-            if self._lock_id in line and b"->" not in line:  # "->": waiting, not holding
-                pids.add(int(line.split()[4]))
-        if self._own in pids:
-            return pids - {self._own}
-        # Our own connections hold the lock too: not listed means the table is not
-        # readable here or names the file differently. One holder is all we can know.
-        pid = self.oldest_holder()
-        return set() if pid is None else {pid}
+        self._watch_opens = watch_opens
+        self.opens = None  # the OpenWatch, once a holder was seen
 
     def oldest_holder(self):
-        """F_GETLK: the pid of one other process holding a SHARED lock, or None."""
+        """F_GETLK: the pid of one other process holding a SHARED lock (0: a process in
+        another pid namespace), or None."""
         probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, SHARED_FIRST, SHARED_SIZE, 0)
         kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(self._fd, fcntl.F_GETLK, probe))
         return None if kind == fcntl.F_UNLCK else pid
@@ -84,12 +90,13 @@ class OtherConnections:
         if now < self._no_wait_until:
             return 0.0
         while True:
-            pids = self.holders()
-            for gone in self._first_seen.keys() - pids:
-                del self._first_seen[gone]
-            short_lived = [pid for pid in pids
-                           if now - self._first_seen.setdefault(pid, now) < RESIDENT_AFTER]
-            if not short_lived:
+            pid = self.oldest_holder()
+            if pid is None:
+                self._first_seen.clear()
+                busy = False
+            else:
+                busy = self._short_lived(pid, now)
+            if not busy:
                 return now - start
             if now - start >= MAX_WAIT:
                 self._no_wait_until = now + MAX_WAIT
@@ -97,6 +104,101 @@ class OtherConnections:
             time.sleep(POLL)
             now = time.monotonic()
 
+    def _short_lived(self, pid, now):
+        """Whether the holder `pid`, or one F_GETLK cannot see, may be short-lived."""
+        if pid not in self._first_seen:
+            self._first_seen = {pid: now}  # the one named before has let go
+        opens = self._open_watch()
+        if opens is not None and now - opens.since >= RESIDENT_AFTER:
+            return opens.recent(now)
+        return now - self._first_seen[pid] < RESIDENT_AFTER or bool(
+            opens is not None and opens.recent(now))
+
+    def _open_watch(self):
+        if self.opens is None and self._watch_opens:
+            try:
+                self.opens = OpenWatch(self._path)
+            except OSError as e:  # e.g. no inotify instance left: F_GETLK alone
+                log.debug("cannot watch %s for other processes' opens: %s", self._path, e)
+                self._watch_opens = False
+        if self.opens is not None and self.opens.failed:
+            self.opens.close()
+            self.opens = None
+            self._watch_opens = False
+        return self.opens
+
     def close(self):
         """Only after every SQLite connection of this process to the file is closed."""
+        if self.opens is not None:
+            self.opens.close()
         os.close(self._fd)
+
+
+class OpenWatch:
+    """inotify on one file, read by a thread of its own so that every open and close is
+    timed as it happens: recent() tells whether a process opened the file less than
+    RESIDENT_AFTER ago and has not closed it yet.
+
+    Events carry no pid, so a close is taken to end the most recent open still counted:
+    short-lived processes open and close within the lifetime of resident ones.
+    """
+
+    def __init__(self, path):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        if libc.inotify_add_watch(fd, os.fsencode(path),
+                                  IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) < 0:
+            errno = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(errno, os.strerror(errno))
+        self._fd = fd
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC)
+        self._opened = collections.deque()  # when each open still counted happened
+        self._lock = threading.Lock()
+        self.failed = False
+        self.since = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="lockwatch", daemon=True)
+        self._thread.start()
+
+    def recent(self, now):
+        with self._lock:
+            return bool(self._opened) and now - self._opened[-1] < RESIDENT_AFTER
+
+    def _run(self):
+        try:
+            while True:
+                ready, _, _ = select.select([self._fd, self._stop], [], [])
+                if self._stop in ready:
+                    return
+                try:
+                    self._take(os.read(self._fd, 4096), time.monotonic())
+                except BlockingIOError:
+                    pass
+        except Exception as e:  # noqa: BLE001 - the writer then does without it
+            log.warning("lockwatch: no longer watching opens of the database: %s", e)
+            self.failed = True
+
+    def _take(self, buf, now):
+        with self._lock:
+            opened = self._opened
+            pos = 0
+            while pos + _EVENT.size <= len(buf):
+                _, mask, _, length = _EVENT.unpack_from(buf, pos)
+                pos += _EVENT.size + length
+                if mask & IN_OPEN:
+                    opened.append(now)
+                elif mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):
+                    if opened:
+                        opened.pop()
+                elif mask & (IN_Q_OVERFLOW | IN_IGNORED):
+                    opened.clear()  # events lost, or the file is gone: start afresh
+            while opened and now - opened[0] > 3600:
+                opened.popleft()  # opens never closed: residents, or closes we missed
+
+    def close(self):
+        os.eventfd_write(self._stop, 1)
+        self._thread.join()
+        os.close(self._fd)
+        os.close(self._stop)
