@@ -12,7 +12,9 @@ class Worker(threading.Thread):
     """Subclasses implement loop(); it returns when `stopping` is set.
 
     An exception escaping loop() is logged and recorded in `failure`; the daemon's main
-    thread sees it and exits non-zero rather than running half-alive.
+    thread sees it and exits non-zero rather than running half-alive. An exception with
+    an `exit_status` is an expected failure (e.g. a damaged database): its message is
+    the one line logged, without a traceback, and the daemon exits with that status.
     """
 
     name = "worker"
@@ -35,7 +37,10 @@ class Worker(threading.Thread):
             self.loop()
         except Exception as e:  # noqa: BLE001 - any escape is fatal for the daemon
             self.failure = e
-            log.critical("%s thread failed: %s", self.name, e, exc_info=True)
+            if getattr(e, "exit_status", None) is not None:
+                log.critical("%s", e)  # says what to do; a traceback would bury it
+            else:
+                log.critical("%s thread failed: %s", self.name, e, exc_info=True)
         finally:
             self.started_ok.set()
 

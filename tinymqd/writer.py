@@ -28,7 +28,9 @@ or truncate the WAL (same file): that checkpoint syncs the database first, unles
 process set synchronous=OFF, which gives up durability for every writer of the file.
 
 A locked database, a full disk or an I/O error is waited out (logged once), never
-half-applied: the failed transaction is retried whole.
+half-applied: the failed transaction is retried whole. A damaged database (SQLite says
+it is malformed or not a database) stops the daemon with one line that says how to
+recover it, and an exit status (EX_DATAERR) on which systemd does not restart it.
 """
 
 import errno
@@ -52,10 +54,15 @@ MAX_ROWS = 128
 # a single message is not delayed.
 MIN_GAP = 0.001
 # Errors worth waiting out: another process holds the lock, the disk is full or failing,
-# or the file became read-only (permissions being fixed). Anything else is a bug or a
-# damaged database and stops the daemon so that systemd restarts it.
+# or the file became read-only (permissions being fixed). A damaged database stops the
+# daemon for good (DatabaseDamaged); anything else is a bug and stops the daemon so that
+# systemd restarts it.
 TRANSIENT = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR",
              "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL"}
+DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+# sysexits.h EX_DATAERR: the data (the database file) is bad. tinymq.service lists it in
+# RestartPreventExitStatus=, since restarting cannot repair a file.
+EX_DATAERR = 65
 STOP = object()
 
 
@@ -204,6 +211,8 @@ class Writer(Worker):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 name = getattr(e, "sqlite_errorname", "")
+                if name.startswith(DAMAGED):
+                    raise DatabaseDamaged(self._file, e) from None
                 if not any(name.startswith(t) for t in TRANSIENT):
                     raise
                 if self._trouble_since is None:
@@ -244,8 +253,27 @@ def _identity(st):
     return st.st_dev, st.st_ino
 
 
+class DatabaseDamaged(Exception):
+    """SQLite found the database file damaged: restarting cannot help. str() is the one
+    line an admin needs; exit_status tells the daemon (and systemd) so."""
+
+    exit_status = EX_DATAERR
+
+    def __init__(self, file, error):
+        directory, name = os.path.split(file)
+        new = os.path.join(directory, f"{name}.recovered")
+        super().__init__(
+            f"database {file} is damaged ({error}); restarting cannot repair it: stop "
+            f"tinymq, save what is readable with `sqlite3 {file} .recover | sqlite3 {new}`, "
+            f"move {name}, {name}-wal and {name}-shm aside, put {name}.recovered in their "
+            f"place (owned by the daemon's user), then start tinymq; or restore a backup")
+
+
 class SyncFailed(Exception):
-    """The disk did not confirm a write; the daemon must not acknowledge it."""
+    """The disk did not confirm a write; the daemon must not acknowledge it, and exits so
+    that systemd restarts it (one line, no traceback: the message says it all)."""
+
+    exit_status = 1
 
 
 class Abandoned(Exception):
