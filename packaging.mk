@@ -2,10 +2,13 @@
 #
 #   make deb          build ./tinymq.deb (and ./tinymq_VERSION_all.deb)
 #   make lintian      lintian on the source and binary package: no errors or warnings
-#   make image        build the cached Debian 12 image for the system tests
-#   make test-system  boot containers with systemd and test the installed package
+#   make image        build the cached Debian 12 and 13 images for the system tests
+#   make test-system  boot Debian 12 and 13 containers with systemd and test the
+#                     installed package
 #
-# Build and test dependencies are installed with apt-get when missing.
+# Build and test dependencies are installed with apt-get when missing. The images
+# come from the Debian mirror in the host's apt sources (TINYMQ_TEST_MIRROR=URL for
+# another) and are cached in /var/cache/tinymq-test (TINYMQ_TEST_CACHE=DIR).
 
 PKG_PYTHON   ?= /usr/bin/python3
 # Debian's python3 and tools, never another python3 found first on PATH.

@@ -1,5 +1,5 @@
-"""Fixtures for the system tests: the package installed in Debian 12 containers
-booted with systemd. Run with `make test-system` (root; builds ./tinymq.deb
+"""Fixtures for the system tests: the package installed in Debian 12 and 13
+containers booted with systemd. Run with `make test-system` (root; builds ./tinymq.deb
 first) or `/usr/bin/python3 -m pytest tests/system` after `make deb`; a plain
 `pytest` over all of tests/ and `make test` skip them."""
 
@@ -55,10 +55,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def image():
+def images():
+    """{suite: cached root} for Debian 12 (bookworm) and 13 (trixie)."""
     S.sweep()
-    yield S.ensure_image()
+    yield S.ensure_images()
     S.forget_run()  # everything this run made is gone by now
+
+
+@pytest.fixture(scope="session")
+def image(images):
+    return images[S.BOOKWORM]
 
 
 @pytest.fixture(scope="session")
@@ -91,14 +97,16 @@ def _parallel(fns):
 
 
 class Hosts:
-    """Containers on one network, each in its own namespace."""
+    """Containers on one network, each in its own namespace; image is one root for
+    all of them or a list with one root per name."""
 
     def __init__(self, image, debdir, tag, names, boot):
+        roots = image if isinstance(image, (list, tuple)) else [image] * len(names)
         self.net = S.Network(tag, len(names)).create()
         table = dict(zip(names, self.net.addrs))
         self.containers = [
-            S.Container(image, f"tmq{tag}-{n}", n, ns, addr, table, binds=[(debdir, "/srv/debs")])
-            for n, ns, addr in zip(names, self.net.names, self.net.addrs)][:boot]
+            S.Container(root, f"tmq{tag}-{n}", n, ns, addr, table, binds=[(debdir, "/srv/debs")])
+            for n, root, ns, addr in zip(names, roots, self.net.names, self.net.addrs)][:boot]
         self.addrs = table
 
     def boot(self):
@@ -148,6 +156,27 @@ def solo(image, debdir):
     try:
         hosts.boot()
         hosts.c = hosts.containers[0]
+        yield hosts
+    finally:
+        hosts.close()
+
+
+@pytest.fixture(scope="module")
+def releases(images, debdir):
+    """deb13 (Debian 13, 10.200.0.1) and deb12 (Debian 12, 10.200.0.2), each with
+    tinymq installed: the package on both supported releases, talking to each other."""
+    hosts = Hosts([images[S.TRIXIE], images[S.BOOKWORM]], debdir, TAG + "r",
+                  ["deb13", "deb12"], boot=2)
+    try:
+        hosts.boot()
+        new, old = hosts.containers
+        outputs = {}
+
+        def inst(c):
+            outputs[c.hostname] = install_and_prepare(c)
+        _parallel([lambda: inst(new), lambda: inst(old)])
+        hosts.trixie, hosts.bookworm = new, old
+        hosts.install_output = outputs
         yield hosts
     finally:
         hosts.close()

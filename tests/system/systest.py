@@ -1,15 +1,16 @@
-"""Helpers for the system tests: a cached Debian 12 image, containers booted
-with a real systemd (systemd-nspawn), network namespaces joined by veth pairs.
+"""Helpers for the system tests: cached Debian 12 and 13 images, containers
+booted with a real systemd (systemd-nspawn), network namespaces joined by veth
+pairs.
 
-The image is a debootstrap root cached under $TINYMQ_TEST_CACHE (default
+Each image is a debootstrap root cached under $TINYMQ_TEST_CACHE (default
 /var/cache/tinymq-test), keyed by its recipe (suite, mirror, packages). The
 mirror is $TINYMQ_TEST_MIRROR, else the first Debian archive in the host's own
-apt sources, else deb.debian.org. Containers boot it with
+apt sources, else deb.debian.org. Containers boot an image with
 --volatile=overlay, so every container starts from the pristine image and
 leaves nothing behind. Each container lives in its own network namespace with
 an address in 10.200.0.0/24; commands run inside through nsenter.
 
-Run `python3 tests/system/systest.py image` to build the image alone,
+Run `python3 tests/system/systest.py image` to build the images alone,
 `python3 tests/system/systest.py mirror` to see which mirror is used, or
 `python3 tests/system/systest.py sweep` to clean up after a killed run.
 """
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,7 +37,10 @@ RUNS = CACHE / "runs"
 LOGS = Path(os.environ.get("TINYMQ_TEST_LOGS", REPO / ".cache" / "systest-logs"))
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 APT_SOURCES = Path(os.environ.get("TINYMQ_TEST_APT_SOURCES", "/etc/apt"))
-SUITE = "bookworm"
+
+# The releases the package supports: Debian 12 (oldstable) and 13 (stable).
+BOOKWORM, TRIXIE = "bookworm", "trixie"
+SUITES = (BOOKWORM, TRIXIE)
 
 # Everything the containers need, including tinymq's dependencies, so that
 # `apt install ./tinymq.deb` works inside a container without network.
@@ -44,6 +49,8 @@ IMAGE_PACKAGES = [
     "adduser", "python3-yaml", "python3-systemd", "python3-sdnotify",
 ]
 IMAGE_RECIPE = 1  # bump when the preparation below changes
+# debian-archive-keyring on Debian 12 (2023.3+deb12u1 and later) knows trixie's keys.
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 SUBNET = "10.200.0"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -149,36 +156,69 @@ def host_mirror():
 MIRROR, MIRROR_FROM = host_mirror()
 
 
-# ---------------------------------------------------------------- the image
+# --------------------------------------------------------------- the images
 
-def image_key():
-    h = hashlib.sha256(json.dumps([SUITE, MIRROR, IMAGE_PACKAGES, IMAGE_RECIPE]).encode())
+def image_key(suite):
+    h = hashlib.sha256(json.dumps([suite, MIRROR, IMAGE_PACKAGES, IMAGE_RECIPE]).encode())
     return h.hexdigest()[:12]
 
 
-def image_dir():
-    return CACHE / f"rootfs-{image_key()}"
+def image_dir(suite):
+    return CACHE / f"rootfs-{suite}-{image_key(suite)}"
 
 
-def ensure_image(log=print):
-    """Return the cached image's root, building it first if needed (~1 min)."""
-    root = image_dir()
+def ensure_images(log=print):
+    """{suite: root} for every supported suite; missing images are built side by side."""
+    roots, errors = {}, []
+
+    def build(suite):
+        try:
+            roots[suite] = ensure_image(suite, log)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+    threads = [threading.Thread(target=build, args=(s,)) for s in SUITES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return roots
+
+
+def ensure_image(suite, log=print):
+    """Return the cached image's root for a suite, building it first if needed (~1 min)."""
+    root = image_dir(suite)
     if (root / ".tinymq-image-ready").exists():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "image.lock", "w") as lock:
+    with open(CACHE / f"image-{suite}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / ".tinymq-image-ready").exists():
             return root
-        for old in CACHE.glob("rootfs-*"):  # stale recipes and broken attempts
+        # This suite's stale recipes and broken attempts, and images named the old way.
+        legacy = [d for d in CACHE.glob("rootfs-*") if re.fullmatch(r"rootfs-[0-9a-f]{12}", d.name)]
+        for old in [*CACHE.glob(f"rootfs-{suite}-*"), *CACHE.glob(f"building-{suite}-*"), *legacy]:
             shutil.rmtree(old, ignore_errors=True)
-        tmp = CACHE / f"building-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"building the system-test image in {root} from {MIRROR} ({MIRROR_FROM}); "
-            "about a minute")
+        tmp = CACHE / f"building-{suite}-{os.getpid()}"
+        log(f"building the {suite} system-test image in {root} from {MIRROR} "
+            f"({MIRROR_FROM}); about a minute")
         t0 = time.monotonic()
-        host(["debootstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
-              SUITE, str(tmp), MIRROR], timeout=900)
+        try:
+            host(["debootstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
+                  f"--keyring={KEYRING}", suite, str(tmp), MIRROR], timeout=900)
+        except CommandFailed as e:
+            log_file = tmp / "debootstrap/debootstrap.log"
+            tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
+            shutil.rmtree(tmp, ignore_errors=True)
+            if re.search(r"signature|NO_PUBKEY|keyring", f"{e}{tail}", re.I):
+                tail += (f"\n(A Release file signed by a key not in {KEYRING}: Debian 12's "
+                         "debian-archive-keyring 2023.3+deb12u1 or later knows trixie's keys; "
+                         "apt-get install debian-archive-keyring.)")
+            raise CommandFailed(
+                f"could not build the {suite} image with debootstrap from {MIRROR} "
+                f"({MIRROR_FROM}); set TINYMQ_TEST_MIRROR to another Debian mirror if this one "
+                f"does not serve {suite}.\n{e}\n{log_file}:\n{tail}") from None
         # Every container must get its own identity and a clean journal.
         (tmp / "etc/hostname").unlink(missing_ok=True)
         (tmp / "etc/machine-id").write_text("")
@@ -192,9 +232,9 @@ def ensure_image(log=print):
                     entry.unlink()
                 elif entry.is_dir() and entry.name not in ("partial", "auxfiles"):
                     shutil.rmtree(entry)
-        (tmp / ".tinymq-image-ready").write_text(f"{image_key()}\n")
+        (tmp / ".tinymq-image-ready").write_text(f"{suite} {image_key(suite)} {MIRROR}\n")
         tmp.rename(root)
-        log(f"image built in {time.monotonic() - t0:.0f}s")
+        log(f"{suite} image built in {time.monotonic() - t0:.0f}s")
     return root
 
 
@@ -286,7 +326,7 @@ class Network:
 # --------------------------------------------------------------- containers
 
 class Container:
-    """A Debian 12 root booted with systemd in its own network namespace."""
+    """A Debian root booted with systemd in its own network namespace."""
 
     def __init__(self, root, name, hostname, netns, address, hosts, binds=()):
         self.root = Path(root)
@@ -401,6 +441,13 @@ class Container:
         return self.run(f"sqlite3 -cmd '.timeout 10000' {db}", input=statement + "\n",
                         user=user, check=check).stdout.strip()
 
+    def exposure(self, unit="tinymq.service"):
+        """(overall exposure level, full report) of `systemd-analyze security UNIT`."""
+        out = self.out(f"systemd-analyze security {unit} --no-pager")
+        m = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", out)
+        assert m, f"[{self.hostname}] no exposure level in systemd-analyze security's output:\n{out}"
+        return float(m.group(1)), out
+
     def install(self, deb, extra=""):
         return self.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {extra} {deb} </dev/null",
                         timeout=300)
@@ -457,7 +504,8 @@ def build_newer_deb(dest_dir, suffix="+systest1"):
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["image"]:
-        print(ensure_image())
+        for suite, root in ensure_images().items():
+            print(f"{suite}: {root}")
     elif sys.argv[1:] == ["mirror"]:
         print(f"{MIRROR} ({MIRROR_FROM})")
     elif sys.argv[1:] == ["sweep"]:
