@@ -87,11 +87,11 @@ def assert_none_failed(tried, failures):
 def test_one_after_another_while_the_daemon_delivers(pair, pace):
     """A delivers a backlog of 2,000 messages to B and stores a steady stream from B
     (about 400 a second) while 300 plain INSERTs go into its mqout, back to back or
-    with random pauses of up to 50 ms."""
+    with random pauses of up to 20 ms."""
     a, b = pair
     dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "backlog", 2000)
     rng = random.Random(7)
-    pause = (lambda: rng.uniform(0, 0.05)) if pace == "random-pauses" else None
+    pause = (lambda: rng.uniform(0, 0.02)) if pace == "random-pauses" else None
     with Stream(b, a, "stream") as stream:
         tried, failures, done = dbmod.plain_inserts(a.db, [(b.port, "plain")], N, pause=pause)
     assert_series_delivered(a, b, "plain", done["plain"], 30)
