@@ -5,6 +5,7 @@ database is ready and every worker runs; STATUS= every few seconds; WATCHDOG=1 o
 every worker shows signs of life; STOPPING=1 on the way out.
 """
 
+import itertools
 import logging
 import os
 import secrets
@@ -31,7 +32,7 @@ HEARTBEAT_LIMIT_S = 10.0  # a worker silent this long is stuck: stop feeding the
 SUPERVISE_INTERVAL_S = 1.0  # how often the main thread looks at the workers
 HELLO_WITHIN_DAYS = 30  # peers that sent to us within this many days hear we are back
 SWITCH_INTERVAL_S = 0.0002
-BOOT_ID_BITS = 32
+RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
 
 
 class Daemon:
@@ -46,15 +47,20 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         logsetup.setup(self.cfg.log_level)
         try:
-            node = store.initialize(self.cfg.database)
+            identity = store.initialize(self.cfg.database, new_run=True)
             sock = transport.open_socket(self.cfg.bind, self.cfg.port)
         except (store.StoreError, transport.BindError) as e:
             log.error("%s", e)
             if logsetup.stderr_is_journal():
                 logsetup.fatal(str(e))
             return 1
+        if identity.previous is not None:
+            log.warning("database %s was copied or restored (it was bound to another host "
+                        "or file): this node is %016x now, was %016x; queued rows keep their "
+                        "numbers and are delivered once", self.cfg.database, identity.node,
+                        identity.previous, extra={"TINYMQ_NODE": f"{identity.node:016x}"})
         try:
-            return self._serve(node, sock)
+            return self._serve(identity.node, sock)
         finally:
             sock.close()
 
@@ -62,13 +68,16 @@ class Daemon:
         cfg = self.cfg
         self.node = node
         self.sock = sock
-        boot = secrets.randbits(BOOT_ID_BITS)
+        run = secrets.randbits(RUN_ID_BITS) or 1
+        self.origin = protocol.Origin(cfg.port, node, run, itertools.count(1))
         self.sender = transport.Sender(sock)
         writer = Writer(cfg.database, self.stopping)
-        scheduler = Scheduler(self.stopping, cfg, node, self.sender, sock.family, writer, boot)
-        inbound = Inbound(node, cfg.port, writer, self.sender.send,
-                          store.known_senders(cfg.database), boot, cfg.max_message)
-        receiver = Receiver(self.stopping, sock, node, inbound, scheduler.inbox)
+        scheduler = Scheduler(self.stopping, cfg, self.origin, self.sender, sock.family,
+                              writer)
+        inbound = Inbound(self.origin, writer, self.sender.send,
+                          store.known_senders(cfg.database), cfg.max_message)
+        receiver = Receiver(self.stopping, sock, self.origin, self.sender, inbound,
+                            scheduler.inbox)
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (
             writer, scheduler, inbound, receiver)
@@ -88,24 +97,24 @@ class Daemon:
         log.info("tinymqd %s started: node %016x, listening on UDP [%s]:%d, database %s, "
                  "config %s", __version__, node, address[0], address[1], cfg.database,
                  cfg.source, extra={"TINYMQ_NODE": f"{node:016x}"})
-        self._announce(boot)
+        self._announce()
         self.notifier.notify("READY=1\nSTATUS=" + self._status())
         return self._supervise()
 
-    def _announce(self, boot):
-        """Tell the peers that sent to us before that we are back: they resume at once."""
+    def _announce(self):
+        """Tell the peers that sent to us before that we are back: they resume at once.
+        Each HELLO names the peer's stream, so the peer can tell it from a forgery."""
         try:
             peers = store.recent_senders(self.cfg.database, HELLO_WITHIN_DAYS)
         except sqlite3.Error as e:
             log.warning("cannot read known peers to announce ourselves: %s", e)
             return
-        for sender, host, port in peers:
+        for stream, host, port in peers:
             try:
                 addr = transport.resolve(host, port, self.sock.family)
             except (OSError, TypeError, ValueError):
                 continue
-            self.sender.send(protocol.encode_hello(self.cfg.port, self.node, sender, boot),
-                             addr)
+            self.sender.send(protocol.encode_hello(self.origin, 0, stream), addr)
 
     def _supervise(self):
         watchdog = _watchdog_interval()

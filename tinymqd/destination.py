@@ -1,5 +1,7 @@
-"""One destination as the scheduler sees it: the sending state of its stream, its
-address, how much of its backlog to hold in memory, and when it looks stuck."""
+"""Destinations as the scheduler sees them: the sending state of each stream, its
+address, how much of its backlog to hold in memory, when it looks stuck, and which of a
+destination's streams may send (the oldest with rows: streams go out one after another,
+see numbering.py)."""
 
 from tinymqd.addresses import Endpoint
 from tinymqd.congestion import INITIAL_RTO_S
@@ -20,16 +22,18 @@ STALL_MIN_S = 1.0
 
 
 class Destination:
-    """The scheduler's record of one destination (host, port): the sending state of its
-    stream, its address, and the bookkeeping of rows and timers only the scheduler uses."""
+    """The scheduler's record of one stream to a destination (host, port): its sending
+    state, the destination's address (shared by the destination's streams), and the
+    bookkeeping of rows and timers only the scheduler uses."""
 
-    __slots__ = ("id", "stream", "endpoint", "assigned", "timer_queued", "stall_since",
-                 "error_shown")
+    __slots__ = ("id", "stream", "endpoint", "open", "assigned", "timer_queued",
+                 "stall_since", "error_shown")
 
-    def __init__(self, stream_id, host, port, next_seq, chunk):
+    def __init__(self, stream_id, endpoint, next_seq, chunk, node, open_):
         self.id = stream_id
-        self.stream = OutStream(stream_id, chunk)
-        self.endpoint = Endpoint(host, port)
+        self.stream = OutStream(stream_id, chunk, node)
+        self.endpoint = endpoint
+        self.open = open_  # rows are numbered into it in this run
         self.assigned = next_seq  # seqs below are numbered in mqout
         self.timer_queued = None  # the deadline last put on the timer heap
         self.stall_since = None  # when the first message was first seen stalled
@@ -80,26 +84,54 @@ class Destination:
 
 
 class Destinations(dict):
-    """The scheduler's destinations by stream id."""
+    """The scheduler's destinations by stream id; each (host, port) has its streams in
+    the order they were opened, and only the first of them sends."""
 
     def __init__(self, chunk):
         super().__init__()
         self.chunk = chunk
+        self.targets = {}  # (host, port) -> [Destination], oldest stream first
 
-    def add(self, stream_id, host, port, next_seq):
+    def add(self, stream_id, host, port, next_seq, node, open_):
         if isinstance(host, bytes):
             host = host.decode("utf-8", "replace")
-        dest = self[stream_id] = Destination(stream_id, host, port, next_seq, self.chunk)
+        queue = self.targets.setdefault((host, port), [])
+        endpoint = queue[0].endpoint if queue else Endpoint(host, port)
+        dest = self[stream_id] = Destination(stream_id, endpoint, next_seq, self.chunk,
+                                             node, open_)
+        queue.append(dest)
         return dest
 
     def learn(self, stream_id, intake):
-        """A destination first seen in a new row (the trigger made its stream)."""
+        """A stream first seen in a new row (opened in this run)."""
         row = intake.destination_of(stream_id)
         if row is None:
             return None
-        dest = self.add(stream_id, row[0], row[1], 1)
+        host, port, node = row
+        dest = self.add(stream_id, host, port, 1, node, True)
         dest.stream.load_from = 1
         return dest
+
+    def may_send(self, dest):
+        """Only the oldest stream of a destination sends: rows go in the order of x."""
+        return self.targets[(dest.endpoint.host, dest.endpoint.port)][0] is dest
+
+    def retire_if_done(self, dest):
+        """Forget a stream of an earlier run once nothing waits in it; returns the next
+        stream of its destination when it is now that one's turn."""
+        if dest.open or dest.rows_waiting():
+            return None
+        queue = self.targets[(dest.endpoint.host, dest.endpoint.port)]
+        first = queue[0] is dest
+        queue.remove(dest)
+        del self[dest.id]
+        if not queue:
+            del self.targets[(dest.endpoint.host, dest.endpoint.port)]
+            return None
+        return queue[0] if first else None
+
+    def of_target(self, dest):
+        return self.targets[(dest.endpoint.host, dest.endpoint.port)]
 
     def matching(self, node, ip, port):
         """The destinations that are this peer: by node id, or by address and port."""

@@ -66,22 +66,32 @@ class RangeSet:
 
 class Partial:
     """Fragments of one message as they arrive (memory follows what arrived, not what
-    a datagram claims is coming)."""
+    a datagram claims is coming). Every fragment names the message it belongs to by its
+    fragment count, length and CRC-32: a fragment of another version of the message (the
+    row was updated, the sender restarted) never mixes with these."""
 
-    __slots__ = ("nfrags", "chunks", "size")
+    __slots__ = ("nfrags", "total", "crc", "chunks", "size")
 
-    def __init__(self, nfrags):
-        self.nfrags = nfrags
+    def __init__(self, frame):
+        self.nfrags, self.total, self.crc = frame.nfrags, frame.total, frame.crc
         self.chunks = {}  # fragment index -> chunk
         self.size = 0
+
+    def same_message(self, frame):
+        return (self.nfrags, self.total, self.crc) == (frame.nfrags, frame.total, frame.crc)
 
     def join(self):
         return b"".join(self.chunks[i] for i in range(self.nfrags))
 
 
+def _data_size(message):
+    return len(message.data) if isinstance(message.data, bytes) else 8
+
+
 class InboundStream:
     __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
-                 "rows", "received", "peer_boot", "addr", "shost", "sport", "buffered")
+                 "rows", "received", "peer_run", "addr", "local", "shost", "sport",
+                 "buffered", "refused")
 
     def __init__(self, sender, stream, committed):
         self.sender = sender
@@ -93,23 +103,23 @@ class InboundStream:
         self.ready = {}  # seq -> Message, complete but waiting for an earlier one
         self.rows = []  # next in order, for the writer at the end of this burst
         self.received = RangeSet()
-        self.peer_boot = None
-        self.addr = None
+        self.peer_run = 0
+        self.addr = None  # where the sender's datagrams come from: ACKs go there ...
+        self.local = None  # ... from the address they arrived at
         self.shost = None
         self.sport = None
         self.buffered = 0
+        self.refused = 0  # a sequence number we will not store (too large); 0: none
 
 
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, node, port, writer, send, known, boot,
-                 max_message=DEFAULT_MAX_MESSAGE_BYTES):
-        self.node = node
-        self.port = port
+    def __init__(self, origin, writer, send, known, max_message=DEFAULT_MAX_MESSAGE_BYTES):
+        self.origin = origin  # our node, run and datagram counter (protocol.Origin)
         self.writer = writer
-        self.send = send  # send(datagram, addr)
-        self.boot = boot
+        self.send = send  # send(datagram, addr, local address or None)
+        self.max_message = max_message
         # A message is at most max_message of data plus its token and header.
         self.message_limit = max_message + MESSAGE_EXTRA
         self.buffer_limit = max(BUFFER_LIMIT, 2 * self.message_limit)
@@ -120,21 +130,23 @@ class Inbound:
         self.buffered = 0
         self.committed_messages = 0
 
-    def on_data(self, dgram, addr):
-        """Take one DATA datagram; returns False if a malformed message was found."""
+    def on_data(self, dgram, addr, local=None):
+        """Take one DATA datagram that arrived at `local`; returns False if a malformed
+        message was found."""
         header = dgram.header
-        key = (header.src, dgram.stream)
+        key = (header.node, dgram.stream)
         ok = True
         with self.lock:
             st = self.streams.get(key)
             if st is None:
-                st = InboundStream(header.src, dgram.stream, self.known.pop(key, 0))
+                st = InboundStream(header.node, dgram.stream, self.known.pop(key, 0))
                 self.streams[key] = st
-            if dgram.boot != st.peer_boot:
+            if header.run != st.peer_run:
                 # The sender restarted: its packet numbers start afresh.
-                st.peer_boot = dgram.boot
+                st.peer_run = header.run
                 st.received = RangeSet()
             st.addr = addr
+            st.local = local
             st.shost = display_host(addr[0])
             st.sport = header.port
             if dgram.base > st.submitted:
@@ -157,9 +169,11 @@ class Inbound:
         for seq in [s for s in st.partial if s < base]:
             self._unbuffer(st, st.partial.pop(seq).size)
         for seq in [s for s in st.ready if s < base]:
-            self._unbuffer(st, len(st.ready.pop(seq).data))
+            self._unbuffer(st, _data_size(st.ready.pop(seq)))
         st.submitted = base
         st.committed = max(st.committed, base)
+        if st.refused < base:
+            st.refused = 0
 
     def _unbuffer(self, st, size):
         st.buffered -= size
@@ -168,27 +182,31 @@ class Inbound:
     def _take_frame(self, st, frame):
         """True if stored or already known, None if no room, False if malformed."""
         seq = frame.seq
-        if seq < st.submitted or seq in st.ready:
+        if seq < st.submitted or seq in st.ready or seq == st.refused:
             return True  # a duplicate: the acknowledgement will repeat what we have
+        if frame.total > self.message_limit:
+            return self._refuse(st, seq)
         # Early messages wait in memory, within a budget; the next one in order is
         # always taken (else a full buffer could wait for it for ever).
         room = self.buffered <= self.buffer_limit or seq == st.submitted
         if frame.nfrags == 1:  # the common case: a whole message in one frame
-            return self._complete(st, seq, frame.chunk, 0) if room else None
+            return self._complete(st, seq, frame.chunk, frame.crc, 0) if room else None
         part = st.partial.get(seq)
+        if part is not None and not part.same_message(frame):
+            del st.partial[seq]  # another version of it: start again with that one
+            self._unbuffer(st, part.size)
+            part = None
         if part is None:
             if not room:
                 return None
-            part = st.partial[seq] = Partial(frame.nfrags)
-        elif part.nfrags != frame.nfrags:
-            return False
+            part = st.partial[seq] = Partial(frame)
         if frame.frag in part.chunks:
             return True
         size = len(frame.chunk)
-        if part.size + size > self.message_limit:
+        if part.size + size > part.total:
             del st.partial[seq]
             self._unbuffer(st, part.size)
-            return False  # larger than any message we accept: not a real one
+            return False  # more than the message's own length: not a real one
         part.chunks[frame.frag] = frame.chunk
         part.size += size
         st.buffered += size
@@ -196,19 +214,31 @@ class Inbound:
         if len(part.chunks) < part.nfrags:
             return True
         del st.partial[seq]
-        return self._complete(st, seq, part.join(), part.size)
+        return self._complete(st, seq, part.join(), part.crc, part.size)
 
-    def _complete(self, st, seq, blob, buffered):
+    def _complete(self, st, seq, blob, crc, buffered):
         """A whole message arrived; keep it until all earlier ones are in."""
         try:
+            if protocol.message_crc(blob) != crc:
+                raise protocol.BadDatagram("message checksum")
             message = protocol.decode_message(blob)
         except protocol.BadDatagram:
             self._unbuffer(st, buffered)
             return False  # counted and logged at a limited rate by the receiver
-        size = len(message.data)
+        if isinstance(message.data, bytes) and len(message.data) > self.max_message:
+            self._unbuffer(st, buffered)
+            return self._refuse(st, seq)
+        size = _data_size(message)
         st.buffered += size - buffered
         self.buffered += size - buffered
         st.ready[seq] = message
+        return True
+
+    def _refuse(self, st, seq):
+        """A message larger than our max_message: the ACK says so, the sender takes it
+        out of the stream (keeping the row, with last_error) and moves its base past it."""
+        if not st.refused or seq < st.refused:
+            st.refused = seq
         return True
 
     def _take_ready(self, st):
@@ -216,7 +246,7 @@ class Inbound:
         rows = st.rows
         while st.submitted in st.ready:
             message = st.ready.pop(st.submitted)
-            self._unbuffer(st, len(message.data))
+            self._unbuffer(st, _data_size(message))
             rows.append((st.shost, st.sport, message.token, message.kind, message.data,
                          st.sender_hex, st.submitted, message.sent))
             st.submitted += 1
@@ -254,6 +284,7 @@ class Inbound:
     def _send_ack(self, st):
         if st.addr is None:
             return
-        self.send(protocol.encode_ack(self.port, self.node, st.sender, st.stream,
-                                      st.committed, self.boot, st.received.recent()),
-                  st.addr)
+        self.send(protocol.encode_ack(self.origin, st.peer_run, st.stream, st.committed,
+                                      st.received.recent(), st.refused,
+                                      self.max_message if st.refused else 0),
+                  st.addr, st.local)

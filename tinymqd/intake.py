@@ -1,8 +1,9 @@
-"""Rows of mqout for the scheduler: notices new rows, marks those that cannot be sent,
-numbers the rows that predate tinymqd, and reads a stream's pending rows as messages.
+"""Rows of mqout for the scheduler: notices new and moved rows, marks those that cannot
+be sent, numbers the rows that predate tinymqd, and reads a stream's pending rows as
+messages.
 
 A trigger gives every row its destination stream and sequence number as it is inserted
-(store.TRIGGERS). This module only reads the database, on the scheduler's read-only
+(numbering.py). This module only reads the database, on the scheduler's read-only
 connection; what it changes goes through the writer, and the writer's confirmations come
 back as events (events.RowsRenumbered, events.OldRowsNumbered).
 """
@@ -10,8 +11,7 @@ back as events (events.RowsRenumbered, events.OldRowsNumbered).
 import json
 import logging
 
-from tinymqd import events, protocol, store
-from tinymqd.constants import MAX_TOKEN_BYTES
+from tinymqd import events, numbering, protocol
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -28,16 +28,19 @@ LAST_X = (1 << 63) - 1  # SQLite's largest rowid: "every row after this one"
 
 # Sizes are checked where data is read (loading); here only for unnumbered rows, so that
 # a row taken out of its stream for its size is not numbered again.
-ROW_COLUMNS = (f"x, stream, seq, last_error, {store.row_problem('mqout')}, CASE WHEN stream "
-               f"IS NULL THEN length(CAST(data AS BLOB)) END, length(CAST(token AS BLOB))")
+ROW_COLUMNS = (f"x, stream, seq, last_error, {numbering.row_problem('mqout')}, CASE WHEN "
+               f"stream IS NULL THEN length(CAST(data AS BLOB)) END, "
+               f"length(CAST(token AS BLOB)), length(CAST(ts AS BLOB))")
 NEW_ROWS = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x > ? ORDER BY x LIMIT ?"
 UNNUMBERED = f"""
 SELECT {ROW_COLUMNS} FROM mqout
 WHERE stream IS NULL AND seq IS NULL AND x > ? AND x <= ? ORDER BY x LIMIT ?
 """
 ROWS_BETWEEN = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x BETWEEN ? AND ? ORDER BY x"
-STREAMS = "SELECT id, host, port, next_seq FROM tinymq_streams"
-STREAM = "SELECT host, port FROM tinymq_streams WHERE id = ?"
+STREAMS = ("SELECT id, host, port, next_seq, node, open IS NOT NULL FROM tinymq_streams "
+           "ORDER BY opened")
+STREAM = "SELECT host, port, node FROM tinymq_streams WHERE id = ?"
+MOVED = "SELECT rowid, stream, seq FROM tinymq_moved WHERE rowid > ? ORDER BY rowid"
 LOWEST_PENDING = "SELECT min(seq) FROM mqout WHERE stream = ?"
 LAST_ROW = "SELECT coalesce(max(x), 0) FROM mqout"
 COUNT_EXISTING = "SELECT count(*) FROM mqout WHERE stream = ? AND seq BETWEEN ? AND ?"
@@ -55,9 +58,6 @@ ROW_ERROR = ("UPDATE mqout SET last_error = ? "
              "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # Takes a row out of its stream (a gap, like a cancel) and says why.
 UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL, last_error = ? WHERE x = ?"
-# Numbers a row the application fixed (say, shortened its data): the trigger does it.
-RENUMBER = ("UPDATE mqout SET host = host "
-            "WHERE x IN (SELECT value FROM json_each(?)) AND stream IS NULL")
 # A destination's trouble is written to the first ERROR_ROWS rows waiting for it (the ones
 # not moving), bounded so that a backlog of a million rows costs no more than a few.
 STREAM_ERROR = """
@@ -83,6 +83,7 @@ class Intake:
         self.inbox = inbox
         self.max_message = max_message
         self.scan_x = 0  # rows up to here have been looked at
+        self.moved_seen = 0  # notes of moved rows up to this rowid have been read
         self.data_version = None  # of the database when last looked (None: look now)
         self.next_rescan = 0.0  # when to look at unnumbered rows again
         self.rescan_after = 0  # ... from the row after this x
@@ -93,22 +94,22 @@ class Intake:
     # -- start-up --------------------------------------------------------------------
 
     def streams(self):
-        """(id, host, port, next_seq, lowest pending seq or None) of every stream."""
+        """(id, host, port, next_seq, node, open, lowest pending seq or None) of every
+        stream, in the order they were opened."""
         rows = self.db.execute(STREAMS).fetchall()
-        out = [(stream_id, host, port, next_seq,
-                self.db.execute(LOWEST_PENDING, (stream_id,)).fetchone()[0])
-               for stream_id, host, port, next_seq in rows]
+        out = [(*row, self.db.execute(LOWEST_PENDING, (row[0],)).fetchone()[0])
+               for row in rows]
         # Numbered rows are covered by the streams' counters; unnumbered ones by the
         # periodic look at them (which runs first thing), or by numbering the rows that
         # were there before tinymqd.
         (self.scan_x,) = self.db.execute(LAST_ROW).fetchone()
-        if not store.numbering_ready(self.db):
+        if not numbering.numbering_ready(self.db):
             self.old_rows_after = 0
             log.info("numbering the rows queued before tinymqd first ran, in the order of x")
         return out
 
     def destination_of(self, stream_id):
-        """(host, port) of a stream the trigger made since, or None."""
+        """(host, port, node) of a stream opened since, or None."""
         return self.db.execute(STREAM, (stream_id,)).fetchone()
 
     # -- new and changed rows ------------------------------------------------------------
@@ -124,24 +125,38 @@ class Intake:
         if version == self.data_version:
             return {}
         self.data_version = version
+        found = self._moved()
         rows = self.db.execute(NEW_ROWS, (self.scan_x, SCAN_BATCH)).fetchall()
         if not rows:
-            return {}
+            return found
         self.scan_x = rows[-1][0]
         if len(rows) == SCAN_BATCH:
             self.data_version = None  # more to read: look again next round
-        return self._examine(rows)
+        return _merge(found, self._examine(rows))
+
+    def _moved(self):
+        """Rows an UPDATE gave another destination (numbering.py notes them)."""
+        found = {}
+        last = self.moved_seen
+        for rowid, stream, seq in self.db.execute(MOVED, (last,)):
+            last = rowid
+            if stream is not None and seq >= found.get(stream, 0):
+                found[stream] = seq + 1
+        if last != self.moved_seen:
+            self.moved_seen = last
+            self.writer.submit(staged={"moved": [(last,)]})  # read: the notes can go
+        return found
 
     def _examine(self, rows, renumber_allowed=True):
         """Learn the numbered rows' streams; mark or number the others."""
         errors, renumber, found = {}, [], {}
-        for x, stream, seq, last_error, problem, size, token_size in rows:
+        for x, stream, seq, last_error, problem, size, token_size, ts_size in rows:
             if stream is not None:
                 if seq >= found.get(stream, 0):
                     found[stream] = seq + 1
                 continue
             if problem is None:
-                problem = _size_problem(None, size, token_size, self.max_message)
+                problem = _size_problem(size, token_size, ts_size, self.max_message)
             if problem is None:
                 if renumber_allowed and self.old_rows_after is None:
                     renumber.append(x)
@@ -150,15 +165,15 @@ class Intake:
                     problem = problem.encode()
                 if last_error != problem:
                     errors.setdefault(problem.decode(), []).append(x)
-        if errors or renumber:
+        if errors:
             def write(conn):
                 for problem, xs in errors.items():
                     conn.execute(ROW_ERROR, (problem, json.dumps(xs)))
-                if renumber:
-                    conn.execute(RENUMBER, (json.dumps(renumber),))
 
-            done = (lambda: self.inbox.put(events.RowsRenumbered(renumber))) if renumber else None
-            self.writer.submit(write, done)
+            self.writer.submit(write)
+        if renumber:
+            self.writer.submit(staged={"renumber": [(x,) for x in renumber]},
+                               done=lambda: self.inbox.put(events.RowsRenumbered(renumber)))
         return found
 
     def on_renumbered(self, xs):
@@ -197,7 +212,7 @@ class Intake:
         """The next chunk of rows from before tinymqd (store.py); the last one also
         makes new rows numbered as they are inserted."""
         after = self.old_rows_after
-        xs = [x for (x,) in self.db.execute(store.OLD_ROWS, (after, OLD_ROWS_BATCH))]
+        xs = [x for (x,) in self.db.execute(numbering.OLD_ROWS, (after, OLD_ROWS_BATCH))]
         last = len(xs) < OLD_ROWS_BATCH
         self.old_rows_busy = True
 
@@ -205,7 +220,7 @@ class Intake:
             self.inbox.put(events.OldRowsNumbered(after, xs[-1] if xs else after, last))
 
         if last:  # all that are left, whatever came since, and the triggers: at once
-            self.writer.submit(store.create_numbering_triggers, done,
+            self.writer.submit(numbering.create_numbering_triggers, done,
                                staged={"old_rows": [(after + 1, LAST_X)]})
         else:
             self.writer.submit(staged={"old_rows": [(xs[0], xs[-1])]}, done=done)
@@ -231,19 +246,20 @@ class Intake:
     def load(self, stream_id, load_from, assigned, limit, max_bytes):
         """The next pending rows of a stream as (seq, x, encoded message), at most `limit`
         rows and about `max_bytes`; and the sequence number to read from next time. Rows
-        too large to send are taken out of the stream (they block nobody)."""
+        that cannot be sent are taken out of the stream with their reason (they block
+        nobody)."""
         cursor = self.db.execute(LOAD, (stream_id, load_from, assigned, limit,
                                         self.max_message))
-        out, loaded, rows, too_large = [], 0, 0, []
+        out, loaded, rows, unsendable = [], 0, 0, []
         try:
             for seq, x, kind, data, length, token, ts in cursor:
                 load_from = seq + 1
                 rows += 1
-                problem = _size_problem(data, length, token, self.max_message)
-                if problem:
-                    too_large.append((problem, x))
+                try:
+                    blob = self._message(kind, data, length, token, ts)
+                except Unsendable as e:
+                    unsendable.append((str(e), x))
                     continue
-                blob = _encode(kind, data, token, ts)
                 out.append((seq, x, blob))
                 loaded += len(blob)
                 if loaded >= max_bytes:
@@ -253,9 +269,45 @@ class Intake:
                     load_from = assigned  # no other row below it is pending
         finally:
             cursor.close()  # ends the read transaction, so checkpoints can proceed
-        if too_large:
-            self.writer.submit(lambda conn: conn.executemany(UNNUMBER, too_large))
+        if unsendable:
+            self.take_out(unsendable)
         return out, load_from
+
+    def _message(self, kind, data, length, token, ts):
+        """The row encoded for the wire; raises Unsendable with the reason it cannot be."""
+        ts = ts if isinstance(ts, bytes) else (None if ts is None else str(ts).encode())
+        token_size = len(token) if isinstance(token, bytes) else None
+        size = len(data) if isinstance(data, bytes) else length
+        problem = _size_problem(size, token_size, len(ts or b""), self.max_message)
+        if problem:
+            raise Unsendable(problem)
+        try:
+            return _encode(kind, data, token, ts)
+        except Exception as e:  # noqa: BLE001 - one odd row must not stop the others
+            log.warning("a row cannot be encoded (%s); it stays in mqout with last_error",
+                        e)
+            raise Unsendable(f"cannot be sent: {e}") from None
+
+    def rehome(self, stream_id):
+        """Close a stream and number its waiting rows afresh in a new one (in x order),
+        noting them as moved rows, which the next poll reads."""
+        def move(conn):
+            conn.execute("UPDATE tinymq_streams SET open = NULL WHERE id = ?", (stream_id,))
+            conn.execute("INSERT INTO temp.staged_renumber SELECT x FROM mqout "
+                         "WHERE stream = ?", (stream_id,))
+            conn.execute("UPDATE mqout SET stream = NULL, seq = NULL WHERE stream = ?",
+                         (stream_id,))
+            for statement in numbering.FIXED_ROWS_NUMBERING:
+                conn.execute(statement)
+            conn.execute("INSERT INTO tinymq_moved (stream, seq) SELECT stream, seq "
+                         "FROM mqout WHERE x IN (SELECT x FROM temp.staged_renumber)")
+            conn.execute("DELETE FROM temp.staged_renumber")
+
+        self.writer.submit(move)
+
+    def take_out(self, rows):
+        """Take rows out of their streams with a reason: (last_error text, x) pairs."""
+        self.writer.submit(lambda conn: conn.executemany(UNNUMBER, rows))
 
     def deleted(self, stream_id, seqs):
         """Which of a stream's sequence numbers `seqs` (ascending) have no row any more
@@ -283,23 +335,37 @@ class Intake:
                                                    (text, stream_id, base, ERROR_ROWS)))
 
 
-def _size_problem(data, length, token, max_message):
-    size = len(data) if isinstance(data, bytes) else length  # NULL here: over the limit
+class Unsendable(Exception):
+    """A row the wire format cannot carry; str() is its last_error."""
+
+
+def _merge(a, b):
+    for stream, upto in b.items():
+        if upto > a.get(stream, 0):
+            a[stream] = upto
+    return a
+
+
+def _size_problem(size, token_size, ts_size, max_message):
+    """Why a row's sizes do not fit (None: they do). A size of None is unknown."""
     if size is not None and size > max_message:
         return f"data is {size} bytes or more, larger than max_message ({max_message} bytes)"
-    token_size = len(token) if isinstance(token, bytes) else token
-    if isinstance(token_size, int) and token_size > MAX_TOKEN_BYTES:
-        return f"token is {token_size} bytes, larger than {MAX_TOKEN_BYTES} bytes"
+    if token_size is not None and token_size > protocol.MAX_TOKEN_BYTES:
+        return f"token is {token_size} bytes, larger than {protocol.MAX_TOKEN_BYTES} bytes"
+    if ts_size is not None and ts_size > protocol.MAX_SENT_BYTES:
+        return f"ts is {ts_size} bytes, larger than {protocol.MAX_SENT_BYTES} bytes"
     return None
 
 
 def _encode(kind, data, token, ts):
+    """A row as read (TEXT as bytes) encoded for the wire."""
     kind = KIND_BY_TYPE.get(kind, protocol.KIND_BLOB)
-    if kind in (protocol.KIND_INTEGER, protocol.KIND_REAL):
-        data = repr(data).encode()
-    elif data is None:
-        data = b""
+    if kind == protocol.KIND_INTEGER:
+        data = int(data)
+    elif kind == protocol.KIND_REAL:
+        data = float(data)
+    elif kind != protocol.KIND_NULL and not isinstance(data, bytes):
+        data = str(data).encode()
     if token is not None and not isinstance(token, bytes):
         token = str(token).encode()
-    sent = ts if isinstance(ts, bytes) else (b"" if ts is None else str(ts).encode())
-    return protocol.encode_message(kind, token, sent, data)
+    return protocol.encode_message(kind, token, ts or b"", data)

@@ -19,12 +19,13 @@ UNREACHABLE_AFTER_S = 3.0  # without any answer while data waits
 
 
 class OutMessage:
-    __slots__ = ("seq", "x", "blob", "nfrags", "next_frag", "acked", "nacked", "done")
+    __slots__ = ("seq", "x", "blob", "crc", "nfrags", "next_frag", "acked", "nacked", "done")
 
     def __init__(self, seq, x, blob, chunk):
         self.seq = seq
         self.x = x
         self.blob = blob
+        self.crc = protocol.message_crc(blob)  # names this version of the message
         self.nfrags = max(1, -(-len(blob) // chunk))
         self.next_frag = 0  # first fragment never sent yet
         self.acked = bytearray(self.nfrags)
@@ -42,8 +43,9 @@ class OutStream:
     """The sending state of one stream: window, timers and what the peer is; used only
     by the scheduler thread, which keeps its own bookkeeping in scheduler.Destination."""
 
-    def __init__(self, stream_id, chunk):
+    def __init__(self, stream_id, chunk, node=None):
         self.id = stream_id
+        self.node = node  # the node id this stream was numbered by (None: ours)
         self.chunk = chunk
         self.load_from = None  # next seq to read from mqout; None: find the lowest
         self.committed = 0  # the peer's committed point
@@ -57,9 +59,11 @@ class OutStream:
         self.largest_acked = 0
         self.cc = Congestion()
         self.timer = None  # when the oldest outstanding packet counts as lost
-        # the peer: its node id (0: not known yet) and run id (None: not known yet)
+        # the peer: its node id and run id (0: not known yet), and the cookie it gave us
         self.peer_node = 0
-        self.peer_boot = None
+        self.peer_run = 0
+        self.cookie = 0
+        self.refused = []  # (x, the peer's max_message) of messages the peer refused
         self.last_heard = None
         self.waiting_since = None  # first send without an answer since
         self.unreachable = False
@@ -92,7 +96,7 @@ class OutStream:
             if message is not None:
                 self._drop(message)
 
-    def build_packet(self, max_datagram, port, node, boot):
+    def build_packet(self, max_datagram, origin):
         """The next DATA datagram to send, or None. Records it as outstanding."""
         frames = []
         room = max_datagram - protocol.DATA_OVERHEAD
@@ -119,8 +123,8 @@ class OutStream:
         pn = self.next_pn
         self.next_pn += 1
         datagram = protocol.encode_data(
-            port, node, self.peer_node, self.id, boot, pn, self.base,
-            [(m.seq, f, m.nfrags, c) for m, f, c in frames])
+            origin, self.node, self.peer_run, self.id, pn, self.peer_node, self.cookie,
+            self.base, [(m.seq, f, m.nfrags, len(m.blob), m.crc, c) for m, f, c in frames])
         return pn, datagram, [(m, f) for m, f, _ in frames]
 
     def _peek(self):
@@ -157,10 +161,10 @@ class OutStream:
         self.last_heard = now
         self.waiting_since = None
         self.unreachable = False
-        self.peer_node = ack.header.src
-        if self.peer_boot is not None and ack.boot != self.peer_boot:
+        self.peer_node = ack.header.node
+        if self.peer_run and ack.header.run != self.peer_run:
             self.peer_restarted()
-        self.peer_boot = ack.boot
+        self.peer_run = ack.header.run
         newly = 0
         sent = self.sent
         latest = None
@@ -188,6 +192,8 @@ class OutStream:
             self.cc.rtt_sample(latest)
         lost = self._detect_losses(now)
         self.cc.on_acked(newly, lost, self.largest_acked, self.next_pn)
+        if ack.refused:
+            self._refuse(ack.refused, ack.limit)
         released = None
         if ack.committed > self.committed:
             self.committed = released = ack.committed
@@ -195,6 +201,14 @@ class OutStream:
         # Also wait for the commit of what the peer holds: that acknowledgement may be lost.
         self.timer = (now + self.cc.current_rto()) if sent or self.messages else None
         return released
+
+    def _refuse(self, seq, limit):
+        """The peer will not store this message (larger than its max_message): it leaves
+        the stream (the peer skips it, as after a cancel) and the scheduler marks its row."""
+        message = self.messages.pop(seq, None)
+        if message is not None:
+            self._drop(message)
+            self.refused.append((message.x, limit))
 
     def _release_committed(self):
         messages = self.messages
@@ -263,18 +277,19 @@ class OutStream:
         """The destination is known to be this node (we are sending to ourselves)."""
         self.peer_node = node
 
-    def on_hello(self, node, boot):
-        """A HELLO from the destination's address or node. Returns "replaced" when it
-        is another node than we knew (its database was replaced: what it held is gone),
-        "restarted" for a new run of the same node, else None."""
+    def on_hello(self, node, run):
+        """A HELLO from the destination. Returns "replaced" when it is another node than
+        we knew (its database was replaced: what it held is gone), "restarted" for a new
+        run of the same node, else None."""
         if self.peer_node and self.peer_node != node:
-            self.peer_node, self.peer_boot = node, boot
+            self.peer_node, self.peer_run = node, run
             self.peer_restarted()
             return "replaced"
-        if self.peer_boot is not None and self.peer_boot != boot:
-            self.peer_boot = boot
+        if self.peer_run and self.peer_run != run:
+            self.peer_run = run
             self.peer_restarted()
             return "restarted"
+        self.peer_node, self.peer_run = node, run
         return None
 
     def peer_restarted(self):

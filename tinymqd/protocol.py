@@ -1,46 +1,62 @@
-"""The wire format: binary, versioned, checksummed datagrams (see docs/PROTOCOL.md).
+"""The wire format, version 2: binary, checksummed datagrams (see docs/PROTOCOL.md).
 
-Every datagram is HEADER + body + CRC32 of everything before it. Nothing is parsed
-by delimiters; every length is explicit and checked against what arrived.
+Every datagram is HEADER + body + CRC32 of everything before it. Nothing is parsed by
+delimiters; every length is explicit and checked against what arrived, and every field
+against what the receiver can represent (a datagram that does not fit is dropped).
 """
 
 import collections
+import math
 import struct
 import zlib
 
+from tinymqd.constants import MAX_TOKEN_BYTES
+
 MAGIC = b"TMQ"
-VERSION = 1
+VERSION = 2
 
 DATA = 1
 ACK = 2
 HELLO = 3
+TYPES = (DATA, ACK, HELLO)
 
-# Flag bit reserved for authenticated encryption keyed by the token (not yet used):
-# when set, the body is nonce + ciphertext + tag. Version 1 peers drop such datagrams.
-FLAG_SEALED = 0x01
+FLAG_SEALED = 0x01  # reserved for authenticated encryption with pre-shared keys
 
-HEADER = struct.Struct("!3sBBBHqq")  # magic, version, type, flags, listen port, src, dst
+# magic, version, type, flags, sender's listening port, source node, source run, the
+# destination's run as the source knows it (0: not known), and a counter that numbers
+# every datagram of the source's run (never reused)
+HEADER = struct.Struct("!3sBBBHQQQQ")
 CRC = struct.Struct("!I")
-DATA_HEAD = struct.Struct("!IIQQ")  # stream, sender boot id, packet number, base
-FRAME = struct.Struct("!QIIH")  # seq, fragment index, fragment count, chunk length
-ACK_HEAD = struct.Struct("!IQIH")  # stream, committed, receiver boot id, range count
+# stream, its packet number, destination node (0: not known), cookie, base
+DATA_HEAD = struct.Struct("!QQQQQ")
+# seq, fragment index, fragment count, length and CRC-32 of the whole encoded message,
+# chunk length
+FRAME = struct.Struct("!QIIIIH")
+# stream, committed, refused seq (0: none), the refusing receiver's max_message, ranges
+ACK_HEAD = struct.Struct("!QQQQH")
 RANGE = struct.Struct("!QQ")  # lowest, highest packet number received (inclusive)
-HELLO_BODY = struct.Struct("!I")  # boot id
+HELLO_BODY = struct.Struct("!QQ")  # a stream of the destination node, cookie
 
 OVERHEAD = HEADER.size + CRC.size
 DATA_OVERHEAD = OVERHEAD + DATA_HEAD.size
 MAX_FRAGMENTS = 1 << 24
+MAX_ACK_RANGES = 32
+# What SQLite and this receiver can hold: sequence numbers, packet numbers and stream
+# ids are positive 63-bit integers (SQLite INTEGER).
+MAX_ID = (1 << 63) - 1
 
-# Message (before fragmentation): kind, token kind, sent-ts length, token length.
+# Message (before fragmentation): kind, has token, sent-ts length, token length.
 MESSAGE_HEAD = struct.Struct("!BBHI")
 KIND_NULL, KIND_INTEGER, KIND_REAL, KIND_TEXT, KIND_BLOB = range(5)
 MAX_SENT_BYTES = 0xFFFF  # the sender's ts travels with a 16-bit length
+INTEGER = struct.Struct("!q")  # INTEGER data: 64-bit signed, as SQLite stores it
+REAL = struct.Struct("!d")  # REAL data: IEEE 754 double, exactly (also +-Inf)
 
-Header = collections.namedtuple("Header", "type flags port src dst")
-Data = collections.namedtuple("Data", "header stream boot pn base frames")
-Frame = collections.namedtuple("Frame", "seq frag nfrags chunk")
-Ack = collections.namedtuple("Ack", "header stream committed boot ranges")
-Hello = collections.namedtuple("Hello", "header boot")
+Header = collections.namedtuple("Header", "type flags port node run peer_run counter")
+Data = collections.namedtuple("Data", "header stream pn dst cookie base frames")
+Frame = collections.namedtuple("Frame", "seq frag nfrags total crc chunk")
+Ack = collections.namedtuple("Ack", "header stream committed refused limit ranges")
+Hello = collections.namedtuple("Hello", "header stream cookie")
 Message = collections.namedtuple("Message", "kind token sent data")
 
 
@@ -53,25 +69,35 @@ def _seal(header, body_parts):
     return raw + CRC.pack(zlib.crc32(raw))
 
 
-def encode_data(port, src, dst, stream, boot, pn, base, frames):
-    """frames: iterable of (seq, frag, nfrags, chunk bytes)."""
-    parts = [DATA_HEAD.pack(stream, boot, pn, base)]
-    for seq, frag, nfrags, chunk in frames:
-        parts.append(FRAME.pack(seq, frag, nfrags, len(chunk)))
+class Origin(collections.namedtuple("Origin", "port node run counter")):
+    """Who sends: our listening port, node id, run id, and the run's datagram counter
+    (an itertools.count shared by every thread that sends)."""
+
+    def header(self, kind, peer_run, node=None):
+        """node: a stream's own node id, when it is not ours (see identity.py)."""
+        return HEADER.pack(MAGIC, VERSION, kind, 0, self.port, node or self.node, self.run,
+                           peer_run, next(self.counter))
+
+
+def encode_data(origin, node, peer_run, stream, pn, dst, cookie, base, frames):
+    """frames: iterable of (seq, frag, nfrags, total, crc, chunk bytes). node: the
+    stream's node id (None: ours)."""
+    parts = [DATA_HEAD.pack(stream, pn, dst, cookie, base)]
+    for seq, frag, nfrags, total, crc, chunk in frames:
+        parts.append(FRAME.pack(seq, frag, nfrags, total, crc, len(chunk)))
         parts.append(chunk)
-    return _seal(HEADER.pack(MAGIC, VERSION, DATA, 0, port, src, dst), parts)
+    return _seal(origin.header(DATA, peer_run, node), parts)
 
 
-def encode_ack(port, src, dst, stream, committed, boot, ranges):
+def encode_ack(origin, peer_run, stream, committed, ranges, refused=0, limit=0):
     """ranges: (low, high) packet numbers received, most recent first."""
-    parts = [ACK_HEAD.pack(stream, committed, boot, len(ranges))]
+    parts = [ACK_HEAD.pack(stream, committed, refused, limit, len(ranges))]
     parts.extend(RANGE.pack(lo, hi) for lo, hi in ranges)
-    return _seal(HEADER.pack(MAGIC, VERSION, ACK, 0, port, src, dst), parts)
+    return _seal(origin.header(ACK, peer_run), parts)
 
 
-def encode_hello(port, src, dst, boot):
-    return _seal(HEADER.pack(MAGIC, VERSION, HELLO, 0, port, src, dst),
-                 [HELLO_BODY.pack(boot)])
+def encode_hello(origin, peer_run, stream, cookie=0):
+    return _seal(origin.header(HELLO, peer_run), [HELLO_BODY.pack(stream, cookie)])
 
 
 def decode(datagram):
@@ -81,18 +107,22 @@ def decode(datagram):
     size = len(datagram)
     if size < OVERHEAD:
         raise BadDatagram("truncated")
-    magic, version, kind, flags, port, src, dst = HEADER.unpack_from(datagram)
+    magic, version, kind, flags, port, node, run, peer_run, counter = HEADER.unpack_from(
+        datagram)
     if magic != MAGIC:
         raise BadDatagram("foreign")
     if version != VERSION:
-        raise BadDatagram("unsupported version")
+        raise BadDatagram("older version" if version < VERSION else "unsupported version")
     body_end = size - CRC.size
     (crc,) = CRC.unpack_from(datagram, body_end)
     if zlib.crc32(memoryview(datagram)[:body_end]) != crc:
         raise BadDatagram("bad checksum")
     if flags:
-        raise BadDatagram("sealed (encryption not supported)")
-    header = Header(kind, flags, port, src, dst)
+        raise BadDatagram("sealed (no keys configured)")
+    if not (0 < node <= MAX_ID and 0 < run <= MAX_ID and peer_run <= MAX_ID
+            and 0 < counter <= MAX_ID and port):
+        raise BadDatagram("field out of range")
+    header = Header(kind, flags, port, node, run, peer_run, counter)
     if kind == DATA:
         return _decode_data(header, datagram, HEADER.size, body_end)
     if kind == ACK:
@@ -100,65 +130,101 @@ def decode(datagram):
     if kind == HELLO:
         if body_end - HEADER.size != HELLO_BODY.size:
             raise BadDatagram("malformed hello")
-        return Hello(header, *HELLO_BODY.unpack_from(datagram, HEADER.size))
+        stream, cookie = HELLO_BODY.unpack_from(datagram, HEADER.size)
+        if not 0 < stream <= MAX_ID:
+            raise BadDatagram("field out of range")
+        return Hello(header, stream, cookie)
     raise BadDatagram("unknown type")
 
 
 def _decode_data(header, datagram, pos, end):
     if end - pos < DATA_HEAD.size:
         raise BadDatagram("malformed data")
-    stream, boot, pn, base = DATA_HEAD.unpack_from(datagram, pos)
+    stream, pn, dst, cookie, base = DATA_HEAD.unpack_from(datagram, pos)
+    if not (0 < stream <= MAX_ID and 0 < pn <= MAX_ID and dst <= MAX_ID
+            and 0 < base <= MAX_ID):
+        raise BadDatagram("field out of range")
     pos += DATA_HEAD.size
     frames = []
     while pos < end:
         if end - pos < FRAME.size:
             raise BadDatagram("malformed frame")
-        seq, frag, nfrags, length = FRAME.unpack_from(datagram, pos)
+        seq, frag, nfrags, total, crc, length = FRAME.unpack_from(datagram, pos)
         pos += FRAME.size
-        if pos + length > end or not 0 <= frag < nfrags <= MAX_FRAGMENTS:
+        if (pos + length > end or not 0 <= frag < nfrags <= MAX_FRAGMENTS
+                or not base <= seq <= MAX_ID or total < MESSAGE_HEAD.size
+                or not 0 < length <= total or (nfrags == 1 and length != total)):
             raise BadDatagram("malformed frame")
-        frames.append(Frame(seq, frag, nfrags, datagram[pos:pos + length]))
+        frames.append(Frame(seq, frag, nfrags, total, crc, datagram[pos:pos + length]))
         pos += length
     if not frames:
         raise BadDatagram("empty data")
-    return Data(header, stream, boot, pn, base, frames)
+    return Data(header, stream, pn, dst, cookie, base, frames)
 
 
 def _decode_ack(header, datagram, pos, end):
     if end - pos < ACK_HEAD.size:
         raise BadDatagram("malformed ack")
-    stream, committed, boot, count = ACK_HEAD.unpack_from(datagram, pos)
+    stream, committed, refused, limit, count = ACK_HEAD.unpack_from(datagram, pos)
     pos += ACK_HEAD.size
-    if end - pos != count * RANGE.size:
+    if count > MAX_ACK_RANGES or end - pos != count * RANGE.size:
         raise BadDatagram("malformed ack")
+    if not (0 < stream <= MAX_ID and committed <= MAX_ID and refused <= MAX_ID):
+        raise BadDatagram("field out of range")
     ranges = [RANGE.unpack_from(datagram, pos + i * RANGE.size) for i in range(count)]
-    if any(lo > hi for lo, hi in ranges):
+    if any(not 0 < lo <= hi <= MAX_ID for lo, hi in ranges):
         raise BadDatagram("malformed ack")
-    return Ack(header, stream, committed, boot, ranges)
+    return Ack(header, stream, committed, refused, limit, ranges)
 
 
 def encode_message(kind, token, sent, data):
-    """One message before fragmentation. token: bytes or None; sent, data: bytes."""
+    """One message before fragmentation. token: bytes or None; sent: bytes; data: bytes
+    for TEXT and BLOB, int for INTEGER, float for REAL, None for NULL."""
+    if kind == KIND_INTEGER:
+        data = INTEGER.pack(data)
+    elif kind == KIND_REAL:
+        data = REAL.pack(data)
+    elif data is None:
+        data = b""
     head = MESSAGE_HEAD.pack(kind, token is not None, len(sent),
                              len(token) if token is not None else 0)
     return b"".join((head, sent, token or b"", data))
 
 
 def decode_message(blob):
+    """The message a sender encoded; data as encode_message takes it."""
     if len(blob) < MESSAGE_HEAD.size:
         raise BadDatagram("malformed message")
     kind, has_token, sent_len, token_len = MESSAGE_HEAD.unpack_from(blob)
     pos = MESSAGE_HEAD.size
-    if kind > KIND_BLOB or has_token > 1 or pos + sent_len + token_len > len(blob):
+    if (kind > KIND_BLOB or has_token > 1 or (not has_token and token_len)
+            or token_len > MAX_TOKEN_BYTES or pos + sent_len + token_len > len(blob)):
         raise BadDatagram("malformed message")
     sent = bytes(blob[pos:pos + sent_len])
     pos += sent_len
     token = bytes(blob[pos:pos + token_len]) if has_token else None
     pos += token_len
     data = bytes(blob[pos:])
-    if kind == KIND_NULL and data:
-        raise BadDatagram("malformed message")
+    if kind == KIND_NULL:
+        if data:
+            raise BadDatagram("malformed message")
+        data = None
+    elif kind == KIND_INTEGER:
+        if len(data) != INTEGER.size:
+            raise BadDatagram("malformed message")
+        (data,) = INTEGER.unpack(data)
+    elif kind == KIND_REAL:
+        if len(data) != REAL.size:
+            raise BadDatagram("malformed message")
+        (data,) = REAL.unpack(data)
+        if math.isnan(data):  # SQLite has no NaN (it stores NULL): never sent
+            raise BadDatagram("malformed message")
     return Message(kind, token, sent, data)
+
+
+def message_crc(blob):
+    """The CRC-32 each fragment carries of the whole encoded message."""
+    return zlib.crc32(blob)
 
 
 def chunk_size(max_datagram):

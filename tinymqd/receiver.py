@@ -8,7 +8,7 @@ import logging
 import select
 import time
 
-from tinymqd import events, protocol
+from tinymqd import __version__, events, protocol, transport
 from tinymqd.ratelimit import CountingLog
 from tinymqd.transport import format_endpoint
 from tinymqd.worker import Worker
@@ -20,17 +20,19 @@ RECV_SIZE = 65536
 POLL_TIMEOUT_MS = 250  # wake up this often to show signs of life (the watchdog)
 HEARD_INTERVAL_S = 0.5  # tell the scheduler a peer is alive at most this often
 HELLO_INTERVAL_S = 1.0  # introduce ourselves to one address at most this often
-MAX_REMEMBERED = 10000  # addresses remembered for the two intervals above
+OLD_VERSION_LOG_S = 3600.0  # say at most this often that a peer must be upgraded
+MAX_REMEMBERED = 10000  # addresses remembered for the intervals above
 
 
 class Receiver(Worker):
     name = "receiver"
     nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
-    def __init__(self, stopping, sock, node, inbound, scheduler_inbox):
+    def __init__(self, stopping, sock, origin, sender, inbound, scheduler_inbox):
         super().__init__(stopping)
         self.sock = sock
-        self.node = node
+        self.origin = origin
+        self.sender = sender
         self.inbound = inbound
         self.inbox = scheduler_inbox
         self.dropped = CountingLog(log, "bad datagrams")
@@ -39,7 +41,7 @@ class Receiver(Worker):
     def loop(self):
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        recv = self.sock.recvfrom
+        sock = self.sock
         while not self.stopping.is_set():
             self.beat()
             if not poller.poll(POLL_TIMEOUT_MS):
@@ -47,63 +49,75 @@ class Receiver(Worker):
                 continue
             for _ in range(MAX_BURST):
                 try:
-                    datagram, addr = recv(RECV_SIZE)
+                    datagram, addr, local = transport.receive(sock, RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as e:
                     # e.g. ICMP errors reported on the socket; never fatal.
                     log.debug("receive error: %s", e)
                     continue
-                self.handle(datagram, addr)
+                try:
+                    self.handle(datagram, addr, local)
+                except Exception as e:  # noqa: BLE001 - one datagram never ends the thread
+                    self.dropped.count(f"failed to handle ({type(e).__name__}: {e})",
+                                       _where(addr))
             self.inbound.flush()
 
-    def handle(self, datagram, addr):
+    def handle(self, datagram, addr, local=None):
         try:
             message = protocol.decode(datagram)
         except protocol.BadDatagram as e:
-            self.dropped.count(str(e), _where(addr))
-            return
-        except Exception:  # noqa: BLE001 - hostile input must never stop the thread
-            log.exception("decoder failed on a %d-byte datagram from %s",
-                          len(datagram), _where(addr))
-            self.dropped.count("decoder failure", _where(addr))
+            reason = str(e)
+            if reason == "older version":
+                self._older_version(addr)
+            self.dropped.count(reason, _where(addr))
             return
         header = message.header
-        if header.src == self.node and header.dst != self.node:
-            # Our own datagram for another node, sent back to us: not ours to act on.
-            self.dropped.count("reflected", _where(addr))
-            return
         kind = header.type
         if kind == protocol.DATA:
-            if header.dst not in (0, self.node):
-                self.dropped.count("data for another node", _where(addr))
-                self._introduce(header, addr)
-                return
-            if not self.inbound.on_data(message, addr):
-                self.dropped.count("malformed message", _where(addr))
-            self._note_heard(header, addr)
+            self._on_data(message, addr, local)
         elif kind == protocol.ACK:
-            if header.dst != self.node:
-                self.dropped.count("ack for another node", _where(addr))
+            if header.peer_run != self.origin.run:
+                self.dropped.count("ack for another run", _where(addr))
                 return
             self.inbox.put(events.AckArrived(message, addr))
         elif kind == protocol.HELLO:
             self.inbox.put(events.HelloArrived(message, addr))
 
-    def _introduce(self, header, addr):
+    def _on_data(self, data, addr, local):
+        header = data.header
+        if header.run == self.origin.run and data.dst != self.origin.node:
+            # Our own DATA for another node, sent back to us (a reflection); a daemon
+            # sending to itself names itself as the destination.
+            self.dropped.count("reflected", _where(addr))
+            return
+        if data.dst not in (0, self.origin.node):
+            self.dropped.count("data for another node", _where(addr))
+            self._introduce(data, addr, local)
+            return
+        if not self.inbound.on_data(data, addr, local):
+            self.dropped.count("malformed message", _where(addr))
+        self._note_heard(header, addr)
+
+    def _introduce(self, data, addr, local):
         """Tell a sender that believes another node lives here who we are (its database
-        may have been replaced); it then resends what was not committed. At most once
-        a second per address."""
-        now = time.monotonic()
-        key = ("hello", addr[0], addr[1])
-        if self._remember(key, now, HELLO_INTERVAL_S):
-            self.inbound.send(protocol.encode_hello(self.inbound.port, self.node,
-                                                    header.src, self.inbound.boot), addr)
+        may have been replaced); it then resends what was not committed. The HELLO names
+        its stream, so the sender can tell it from a forgery; at most one a second per
+        address, and smaller than the DATA it answers."""
+        if self._remember(("hello", addr[0], addr[1]), time.monotonic(), HELLO_INTERVAL_S):
+            self.sender.send(protocol.encode_hello(self.origin, data.header.run, data.stream),
+                             addr, local)
+
+    def _older_version(self, addr):
+        if self._remember(("version", addr[0]), time.monotonic(), OLD_VERSION_LOG_S):
+            log.warning("%s speaks an older tinymq protocol and must be upgraded to tinymqd "
+                        "%s; rows to it wait until then", _where(addr), __version__,
+                        extra={"TINYMQ_PEER": _where(addr)})
 
     def _note_heard(self, header, addr):
         now = time.monotonic()
         if self._remember((addr[0], header.port), now, HEARD_INTERVAL_S):
-            self.inbox.put(events.PeerHeard(header.src, addr[0], header.port))
+            self.inbox.put(events.PeerHeard(header.node, addr[0], header.port))
 
     def _remember(self, key, now, interval):
         """True (and remember now) if `key` was not seen within `interval` seconds."""

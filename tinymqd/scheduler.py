@@ -35,15 +35,14 @@ class Scheduler(Worker):
     name = "scheduler"
     nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
-    def __init__(self, stopping, cfg, node, sender, family, writer, boot):
+    def __init__(self, stopping, cfg, origin, sender, family, writer):
         super().__init__(stopping)
         self.cfg = cfg
-        self.node = node
+        self.origin = origin  # our node, run and datagram counter (protocol.Origin)
         self.sender = sender
         self.family = family
         self.writer = writer
         self.inbox = Inbox()
-        self.boot = boot  # this run's identity: packet numbers start afresh with it
         self.chunk = protocol.chunk_size(cfg.max_datagram)
         self.destinations = Destinations(self.chunk)
         self.dirty = set()  # destinations that may have something to load or send
@@ -118,8 +117,8 @@ class Scheduler(Worker):
     # -- destinations and their rows ----------------------------------------------------
 
     def _restore(self):
-        for stream_id, host, port, next_seq, lowest in self.intake.streams():
-            dest = self.destinations.add(stream_id, host, port, next_seq)
+        for stream_id, host, port, next_seq, node, open_, lowest in self.intake.streams():
+            dest = self.destinations.add(stream_id, host, port, next_seq, node, open_)
             dest.stream.load_from = next_seq if lowest is None else lowest
             if lowest is not None:
                 self._need_address(dest)
@@ -151,17 +150,18 @@ class Scheduler(Worker):
             self._address_set(dest)
 
     def _on_resolved(self, event):
-        dest = self.destinations[event.destination]
-        if self.addresses.on_resolved(dest, event.future):
+        dest = self.destinations.get(event.destination)
+        if dest is not None and self.addresses.on_resolved(dest, event.future):
             self._address_set(dest)
-            self.dirty.add(dest)
+            self.dirty.update(self.destinations.of_target(dest))
 
     def _address_set(self, dest):
         addr = dest.endpoint.addr
         if addr[1] == self.cfg.port and transport.is_local(addr, self.family):
             # Sending to ourselves: name our own node as the destination, since a DATA
-            # datagram from our node to another one coming back to us is a reflection.
-            dest.stream.expect_peer(self.node)
+            # datagram of ours for another node coming back to us is a reflection.
+            for each in self.destinations.of_target(dest):
+                each.stream.expect_peer(self.origin.node)
 
     # -- sending ---------------------------------------------------------------
 
@@ -170,8 +170,10 @@ class Scheduler(Worker):
             return
         dirty, self.dirty = self.dirty, set()
         for dest in dirty:
-            if dest.endpoint.addr is None:
+            if dest.endpoint.addr is None or dest.id not in self.destinations:
                 continue
+            if not self.destinations.may_send(dest):
+                continue  # an older stream to the same destination goes first
             st = dest.stream
             if dest.may_load():
                 dest.load(self.intake)
@@ -179,15 +181,22 @@ class Scheduler(Worker):
             self._queue_timer(dest)
             if len(st.sent) < st.cc.cwnd and not st.has_work() and dest.may_load():
                 self.dirty.add(dest)  # the window has room and rows wait in the database
+            self._retire_if_done(dest)
+
+    def _retire_if_done(self, dest):
+        following = self.destinations.retire_if_done(dest)
+        if following is not None:
+            self._need_address(following)
+            self.dirty.add(following)
 
     def _send(self, dest, now):
         st, addr, send = dest.stream, dest.endpoint.addr, self.sender.send
-        port, node, limit = self.cfg.port, self.node, self.cfg.max_datagram
+        origin, limit = self.origin, self.cfg.max_datagram
         while st.can_send():
             if not st.may_send_at(now):
                 heapq.heappush(self.timers, (st.cc.pace_at, dest.id, PACE))
                 break
-            packet = st.build_packet(limit, port, node, self.boot)
+            packet = st.build_packet(limit, origin)
             if packet is None:
                 break
             pn, datagram, frames = packet
@@ -204,7 +213,9 @@ class Scheduler(Worker):
         timers = self.timers
         while timers and timers[0][0] <= now:
             deadline, stream_id, kind = heapq.heappop(timers)
-            dest = self.destinations[stream_id]
+            dest = self.destinations.get(stream_id)
+            if dest is None:
+                continue  # retired
             if kind == PACE:
                 self.dirty.add(dest)
                 continue
@@ -221,36 +232,69 @@ class Scheduler(Worker):
     # -- what peers tell us ----------------------------------------------------------------
 
     def _on_ack(self, event):
-        ack, addr = event
+        """An acknowledgement of one of our streams: it names the stream (a random id)
+        and echoes our run, which only the peer we send to has seen; where it came from
+        does not matter (a peer may answer from another of its addresses)."""
+        ack = event.ack
         dest = self.destinations.get(ack.stream)
         if dest is None:
             return
-        st = dest.stream
-        if not (transport.same_endpoint(addr, dest.endpoint.addr)
-                or (st.peer_node and ack.header.src == st.peer_node)):
+        if ack.committed > dest.assigned and dest.open:
+            self._numbered_elsewhere(dest)
             return
-        if ack.committed > dest.assigned:
-            return  # it cannot have what we never numbered: not an answer to us
+        st = dest.stream
         was_unreachable = st.unreachable
         committed = st.on_ack(ack, time.monotonic())
         if was_unreachable:
             self.addresses.back(dest)
+        if st.refused:
+            self._refused(dest)
         if committed is not None:
-            # Coalesced in the writer: one DELETE per destination and transaction.
+            # Coalesced in the writer: one DELETE per stream and transaction.
             self.writer.submit(staged={"delete": [(dest.id, committed)]})
         self._queue_timer(dest)
         self.dirty.add(dest)
 
+    def _refused(self, dest):
+        for x, limit in dest.stream.refused:
+            self.intake.take_out([(
+                f"{dest.name} refuses it: larger than its max_message ({limit} bytes); "
+                f"shorten the data or raise max_message there, then UPDATE the row", x)])
+        log.warning("%s refused %d message(s) larger than its max_message; they stay in "
+                    "mqout with last_error", dest.name, len(dest.stream.refused),
+                    extra={"PEER": dest.name})
+        dest.stream.refused.clear()
+
+    def _numbered_elsewhere(self, dest):
+        """The peer has stored numbers of this run's stream that we never gave out:
+        another copy of this database uses the same stream (cloned while running). Our
+        pending rows of it move to a new stream, so none is taken for another's."""
+        log.warning("destination %s has messages of stream %016x that this node never "
+                    "numbered (a clone of this database runs elsewhere?); moving the rows "
+                    "waiting in it to a new stream", dest.name, dest.id,
+                    extra={"PEER": dest.name})
+        dest.open = False
+        dest.stream.cancel(list(dest.stream.messages))
+        dest.stream.load_from = dest.assigned
+        self.intake.rehome(dest.id)
+        self._retire_if_done(dest)
+
     def _on_hello(self, event):
-        hello, addr = event
+        """The destination restarted, or tells us it is another node than we believed:
+        it names one of our streams (so it has seen our traffic)."""
+        hello = event.hello
+        dest = self.destinations.get(hello.stream)
+        if dest is None:
+            return
         now = time.monotonic()
-        for dest in self.destinations.matching(hello.header.src, addr[0], hello.header.port):
-            was = dest.stream.peer_node
-            if dest.stream.on_hello(hello.header.src, hello.boot) == "replaced":
+        node = hello.header.node
+        for each in self.destinations.of_target(dest):
+            was = each.stream.peer_node
+            if each.stream.on_hello(node, hello.header.run) == "replaced":
                 log.warning("destination %s is another node now (%016x, was %016x; its "
                             "database replaced?): resending what it had not committed",
-                            dest.name, hello.header.src, was, extra={"PEER": dest.name})
-            self._wake(dest, now)
+                            each.name, node, was, extra={"PEER": each.name})
+            self._wake(each, now)
 
     def _on_heard(self, event):
         now = time.monotonic()

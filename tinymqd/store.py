@@ -1,61 +1,15 @@
-"""The SQLite database: schema, connections, and the node identity stored in it."""
+"""The SQLite database: connections, creating and opening it, and the staged writes
+the writer applies in one statement. The tables are schema.py's, the numbering of rows
+numbering.py's, the node's identity identity.py's."""
 
 import os
-import secrets
 import sqlite3
 
-from tinymqd.constants import DEFAULT_PORT
+from tinymqd import identity, numbering, schema
 
 
 class StoreError(Exception):
     """The database cannot be used; str() is the one line shown to the user."""
-
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS mqout (
-    x          INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts         DEFAULT CURRENT_TIMESTAMP,
-    host       TEXT,
-    port       INTEGER DEFAULT {DEFAULT_PORT},
-    token      TEXT,
-    data,
-    last_error TEXT,
-    stream     INTEGER,
-    seq        INTEGER
-);
-CREATE TABLE IF NOT EXISTS mqin (
-    x       INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts      DEFAULT CURRENT_TIMESTAMP,
-    shost   TEXT,
-    sport   INTEGER,
-    token   TEXT,
-    data,
-    sender  TEXT,
-    seq     INTEGER,
-    sent_ts TEXT
-);
-CREATE TABLE IF NOT EXISTS tinymq_meta (
-    key   TEXT PRIMARY KEY,
-    value
-);
-CREATE TABLE IF NOT EXISTS tinymq_streams (
-    id       INTEGER PRIMARY KEY,
-    host     TEXT NOT NULL,
-    port     INTEGER NOT NULL,
-    next_seq INTEGER NOT NULL,
-    UNIQUE (host, port)
-);
-CREATE TABLE IF NOT EXISTS tinymq_rx (
-    sender   INTEGER NOT NULL,
-    stream   INTEGER NOT NULL,
-    next_seq INTEGER NOT NULL,
-    shost    TEXT,
-    sport    INTEGER,
-    seen     DEFAULT CURRENT_TIMESTAMP,
-    PRIMARY KEY (sender, stream)
-);
-"""
-
 
 
 class Staging:
@@ -77,16 +31,15 @@ STAGED = {
     # Rows the peer has committed: all of a stream below `upto`.
     "delete": Staging("delete", ["stream", "upto"], key="stream", apply="""
         DELETE FROM mqout WHERE rowid IN (
-            SELECT m.x FROM temp.staged_delete AS d
+            SELECT m.rowid FROM temp.staged_delete AS d
             JOIN mqout AS m ON m.stream = d.stream AND m.seq < d.upto)"""),
-    # Arrived messages in arrival order; data gets back the type it had at the sender.
+    # Arrived messages in arrival order; data gets back the type it had at the sender
+    # (INTEGER and REAL arrive as Python numbers, TEXT as bytes, cast here).
     "mqin": Staging("mqin", ["shost", "sport", "token", "kind", "data", "sender", "seq",
                              "sent"], apply="""
         INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts)
         SELECT shost, sport, CAST(token AS TEXT),
-               CASE kind WHEN 3 THEN CAST(data AS TEXT)
-                         WHEN 1 THEN CAST(CAST(data AS TEXT) AS INTEGER)
-                         WHEN 2 THEN CAST(CAST(data AS TEXT) AS REAL) ELSE data END,
+               CASE kind WHEN 3 THEN CAST(data AS TEXT) ELSE data END,
                sender, seq, CAST(sent AS TEXT)
         FROM temp.staged_mqin ORDER BY rowid"""),
     # How far each sender's stream is stored: same transaction as its mqin rows.
@@ -100,112 +53,13 @@ STAGED = {
             sport = excluded.sport, seen = excluded.seen"""),
 }
 
-# Numbering: every row inserted into mqout gets its destination stream and the stream's
-# next sequence number from a trigger, in the inserting transaction itself. So a row is
-# never without its number, numbers follow the order of x, and the daemon's writer never
-# has to rewrite the rows applications insert (its transactions stay short). A row whose
-# host or port cannot be used stays unnumbered; so does a row whose host or port an
-# application changes to unusable values (a changed row is numbered afresh).
-def _dest_host(row):
-    return f"trim({row}.host, ' []')"
-
-
-def _dest_port(row):
-    return f"coalesce({row}.port, {DEFAULT_PORT})"
-
-
-def row_problem(row):
-    """SQL: why the row cannot be sent (the text its last_error gets), NULL if it can.
-    This is the one rule: the triggers number exactly the rows it finds no problem in."""
-    return (f"CASE WHEN coalesce({_dest_host(row)}, '') = '' "
-            f"THEN 'host is empty: set it to a name or an IP address' "
-            f"WHEN NOT ({row}.port IS NULL OR (typeof({row}.port) = 'integer' "
-            f"AND {row}.port BETWEEN 1 AND 65535)) "
-            f"THEN 'port ' || quote({row}.port) || ' is not a number from 1 to 65535' END")
-
-
-def _usable(row):
-    return f"({row_problem(row)}) IS NULL"
-
-
-_DEST_HOST, _DEST_PORT, _USABLE = _dest_host("NEW"), _dest_port("NEW"), _usable("NEW")
-_NUMBER = f"""
-    INSERT INTO tinymq_streams (host, port, next_seq) VALUES ({_DEST_HOST}, {_DEST_PORT}, 1)
-        ON CONFLICT (host, port) DO NOTHING;
-    UPDATE mqout SET (stream, seq) = (
-        SELECT id, next_seq FROM tinymq_streams
-        WHERE host = {_DEST_HOST} AND port = {_DEST_PORT}) WHERE x = NEW.x;
-    UPDATE tinymq_streams SET next_seq = next_seq + 1
-        WHERE host = {_DEST_HOST} AND port = {_DEST_PORT};
-"""
-_UNNUMBER = "UPDATE mqout SET stream = NULL, seq = NULL WHERE x = NEW.x;"
-TRIGGERS = {
-    "tinymq_number_new": f"AFTER INSERT ON mqout WHEN {_USABLE} BEGIN {_NUMBER} END",
-    "tinymq_unusable_new": (f"AFTER INSERT ON mqout WHEN NEW.stream IS NOT NULL "
-                            f"AND NOT ({_USABLE}) BEGIN {_UNNUMBER} END"),
-    "tinymq_number_changed": (f"AFTER UPDATE OF host, port ON mqout WHEN {_USABLE} "
-                              f"BEGIN {_NUMBER} END"),
-    "tinymq_unusable_changed": (f"AFTER UPDATE OF host, port ON mqout WHEN NOT ({_USABLE}) "
-                                f"BEGIN {_UNNUMBER} END"),
-}
-
-# Rows that were in mqout before the numbering triggers existed (a database an
-# application or the old Perl tinymq filled before tinymqd first ran). While any is
-# left, the numbering triggers stay away, so rows inserted meanwhile wait unnumbered
-# too, and the scheduler numbers them all, lowest x first, a small chunk per
-# transaction (staged "old_rows"); the transaction that numbers the last of them also
-# creates the triggers (create_numbering_triggers). Every row thus gets its number in x
-# order, and start-up does not wait.
-NUMBERING = ("tinymq_number_new", "tinymq_number_changed")
-_OLD = f"m.stream IS NULL AND m.seq IS NULL AND m.last_error IS NULL AND {_usable('m')}"
-OLD_ROWS = f"SELECT m.x FROM mqout AS m WHERE {_OLD} AND m.x > ? ORDER BY m.x LIMIT ?"
-# Numbers the old rows with x in [lo, hi] of temp.staged_old_rows, per destination in x
-# order after the stream's last number (no WITH clause: these also run in a trigger).
-_OLD_IN_CHUNK = (f"FROM temp.staged_old_rows AS o JOIN mqout AS m ON m.x BETWEEN o.lo AND o.hi "
-                 f"WHERE {_OLD}")
-_NUMBER_OLD = (
-    f"""INSERT INTO tinymq_streams (host, port, next_seq)
-        SELECT DISTINCT host, port, 1 FROM (
-            SELECT {_dest_host('m')} AS host, {_dest_port('m')} AS port {_OLD_IN_CHUNK})
-        WHERE true ON CONFLICT (host, port) DO NOTHING""",
-    f"""UPDATE mqout SET stream = old.stream, seq = old.seq FROM (
-            SELECT m.x AS x, s.id AS stream,
-                   s.next_seq - 1 + row_number() OVER (PARTITION BY s.id ORDER BY m.x) AS seq
-            FROM temp.staged_old_rows AS o JOIN mqout AS m ON m.x BETWEEN o.lo AND o.hi
-            JOIN tinymq_streams AS s
-                ON s.host = {_dest_host('m')} AND s.port = {_dest_port('m')}
-            WHERE {_OLD}) AS old
-        WHERE mqout.x = old.x""",
-    """UPDATE tinymq_streams SET next_seq = (
-            SELECT max(seq) + 1 FROM mqout WHERE stream = tinymq_streams.id)
-        WHERE EXISTS (SELECT 1 FROM temp.staged_old_rows)
-          AND next_seq <= (SELECT max(seq) FROM mqout WHERE stream = tinymq_streams.id)""",
-)
-STAGED["old_rows"] = Staging("old_rows", ["lo", "hi"], apply="; ".join(_NUMBER_OLD))
-
-
-def numbering_ready(conn):
-    """Whether new rows are numbered as they are inserted (no old rows wait)."""
-    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
-                        "AND name = ?", (NUMBERING[0],)).fetchone()[0] == 1
-
-
-def create_numbering_triggers(conn):
-    """From now on rows are numbered as they are inserted (after the old ones)."""
-    _create_triggers(conn, NUMBERING)
-
-
-def _create_triggers(conn, names):
-    for name in names:  # always the current definition
-        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-        conn.execute(f"CREATE TRIGGER {name} {TRIGGERS[name]}")
-
-
-# Columns the daemon owns in mqout; added to tables made by an older version.
-DAEMON_COLUMNS = {"last_error": "TEXT", "stream": "INTEGER", "seq": "INTEGER"}
-REQUIRED = {"mqout": ("x", "host", "port", "token", "data"),
-            "mqin": ("x", "shost", "sport", "token", "data")}
-MQIN_EXTRA = {"sender": "TEXT", "seq": "INTEGER", "sent_ts": "TEXT"}
+STAGED["old_rows"] = Staging("old_rows", ["lo", "hi"],
+                             apply="; ".join(numbering.OLD_ROWS_NUMBERING))
+STAGED["renumber"] = Staging("renumber", ["x"], key="x",
+                             apply="; ".join(numbering.FIXED_ROWS_NUMBERING))
+# Notes of moved rows the scheduler has read (numbering.py): up to this rowid.
+STAGED["moved"] = Staging("moved", ["upto"], apply="""
+    DELETE FROM tinymq_moved WHERE rowid <= (SELECT max(upto) FROM temp.staged_moved)""")
 
 BUSY_TIMEOUT_S = 0.2
 
@@ -250,8 +104,10 @@ def connect(path, *, readonly=False):
     return conn
 
 
-def initialize(path):
-    """Create the database and tables when missing; return this node's identity.
+def initialize(path, new_run=False):
+    """Create the database and tables when missing, bring them up to date, and return
+    this node's identity.Identity; with new_run (the daemon starting), open new streams
+    for the rows inserted from now on.
 
     Raises StoreError with a readable line when the file cannot be used.
     """
@@ -261,15 +117,17 @@ def initialize(path):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            _upgrade(conn)
-            conn.execute("CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)")
-            waiting = not numbering_ready(conn) and conn.execute(OLD_ROWS, (0, 1)).fetchone()
-            _create_triggers(conn, [name for name in TRIGGERS
-                                    if not (waiting and name in NUMBERING)])
-            node = _node_id(conn)
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = "
+                                        "'trigger' AND name LIKE 'tinymq!_%' ESCAPE '!'"
+                                        ).fetchall():
+                conn.execute(f"DROP TRIGGER {name}")  # recreated below, as they are now
+            schema.create(conn)
+            node = identity.establish(conn, os.path.realpath(path))
+            if new_run:
+                identity.start_run(conn)
+            waiting = conn.execute(numbering.OLD_ROWS, (0, 1)).fetchone() is not None
+            numbering.create_triggers(conn, [name for name in numbering.triggers()
+                                             if not (waiting and name in numbering.NUMBERING)])
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -291,40 +149,17 @@ def known_senders(path):
 
 
 def recent_senders(path, days):
-    """(sender node, host, port) of the peers that sent to us within `days`."""
+    """(stream, host, port) of the peers that sent to us within `days`: for each sending
+    node and address, the stream heard from last."""
     conn = connect(path, readonly=True)
     try:
-        rows = conn.execute("SELECT DISTINCT sender, shost, sport FROM tinymq_rx "
-                            "WHERE seen > datetime('now', ?)", (f"-{days} days",)).fetchall()
+        rows = conn.execute(
+            "SELECT stream, shost, sport, max(seen) FROM tinymq_rx "
+            "WHERE seen > datetime('now', ?) GROUP BY sender, shost, sport",
+            (f"-{days} days",)).fetchall()
     finally:
         conn.close()
-    return [(sender, shost.decode("utf-8", "replace") if isinstance(shost, bytes) else shost,
-             sport) for sender, shost, sport in rows]
+    return [(stream, shost.decode("utf-8", "replace") if isinstance(shost, bytes) else shost,
+             sport) for stream, shost, sport, _ in rows]
 
 
-def _columns(conn, table):
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _upgrade(conn):
-    for table, needed in REQUIRED.items():
-        missing = [c for c in needed if c not in _columns(conn, table)]
-        if missing:
-            raise sqlite3.DatabaseError(
-                f"table {table} has no column {', '.join(missing)} "
-                f"(made by another program? rename the table and restart)")
-    for table, extra in (("mqout", DAEMON_COLUMNS), ("mqin", MQIN_EXTRA)):
-        present = _columns(conn, table)
-        for column, kind in extra.items():
-            if column not in present:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
-def _node_id(conn):
-    row = conn.execute("SELECT value FROM tinymq_meta WHERE key='node_id'").fetchone()
-    if row and isinstance(row[0], int) and row[0] > 0:
-        return row[0]
-    node = secrets.randbits(63) or 1
-    conn.execute("INSERT OR REPLACE INTO tinymq_meta (key, value) VALUES ('node_id', ?)",
-                 (node,))
-    return node

@@ -1,13 +1,23 @@
-"""The UDP socket, the one path datagrams leave by, and addresses."""
+"""The UDP socket, the one path datagrams leave by, and addresses.
+
+A host may have several addresses. Replies leave from the address the datagram they
+answer arrived at (IPV6_PKTINFO on the dual-stack socket, IP_PKTINFO on an IPv4 one), so
+that a peer sees them come from where it sent to.
+"""
 
 import errno
 import ipaddress
 import logging
 import socket
+import struct
 
 log = logging.getLogger("tinymqd")
 
 BUFFER_BYTES = 4 * 1024 * 1024  # the kernel caps this at net.core.[rw]mem_max
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 lacks the name
+IN6_PKTINFO = struct.Struct("16sI")  # struct in6_pktinfo: address, interface index
+IN_PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: index, local address, header dst
+ANCILLARY_BYTES = socket.CMSG_SPACE(IN6_PKTINFO.size)
 
 
 class BindError(Exception):
@@ -27,6 +37,10 @@ def open_socket(bind, port):
         else:
             raise BindError(f"cannot listen on UDP [{bind}]:{port}: {e.strerror}") from None
     sock.setblocking(False)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     for option, name in ((socket.SO_RCVBUF, "receive"), (socket.SO_SNDBUF, "send")):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
@@ -36,6 +50,22 @@ def open_socket(bind, port):
     return sock
 
 
+def receive(sock, size):
+    """(datagram, source address, local address it arrived at: an opaque value for
+    Sender.send, or None) of one waiting datagram; raises BlockingIOError when none."""
+    datagram, ancillary, _, addr = sock.recvmsg(size, ANCILLARY_BYTES)
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            # The interface matters only for a link-local address (fe80::/10); else the
+            # routing table picks it, as for any datagram.
+            link_local = data[0] == 0xFE and data[1] & 0xC0 == 0x80
+            return datagram, addr, (level, kind, data[:16] + (data[16:20] if link_local
+                                                             else bytes(4)))
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            return datagram, addr, (level, kind, IN_PKTINFO.pack(0, data[8:12], bytes(4)))
+    return datagram, addr, None
+
+
 class Sender:
     """Sends datagrams on the daemon's socket for every thread (sendto is thread-safe
     on a datagram socket). A failed send is counted, never raised: to the protocol it
@@ -43,11 +73,17 @@ class Sender:
 
     def __init__(self, sock):
         self._sendto = sock.sendto
+        self._sendmsg = sock.sendmsg
         self.errors = 0
 
-    def send(self, datagram, addr):
+    def send(self, datagram, addr, local=None):
+        """local: where the datagram we answer arrived (transport.receive): the reply
+        leaves from that address."""
         try:
-            self._sendto(datagram, addr)
+            if local is None:
+                self._sendto(datagram, addr)
+            else:
+                self._sendmsg([datagram], [local], 0, addr)
             return True
         except OSError as e:
             self.errors += 1

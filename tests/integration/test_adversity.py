@@ -305,25 +305,21 @@ def capture_corpus(a, b, make_relay, sink):
                                      [f"warm-{i:06d}" for i in range(1, 41)] + ["w" * 6000])
     corpus = forward + reverse + sink.datagrams()
     na, nb = node_id(a), node_id(b)
-    corpus += [wire.seal(wire.header(wire.HELLO, b.port, nb, na) + wire.HELLO_BODY.pack(7)),
-               wire.seal(wire.header(wire.HELLO, a.port, na, nb) + wire.HELLO_BODY.pack(9))]
+    corpus += [wire.seal(wire.header(wire.HELLO, b.port, nb, 7) + wire.hello_body(1 << 40)),
+               wire.seal(wire.header(wire.HELLO, a.port, na, 9) + wire.hello_body(1 << 41))]
     return corpus
 
 
-def misdirected_ack(rng, a_node, stream, seq):
-    """A well-formed ACK that PROTOCOL.md says A must ignore, and from where to send it.
-    `seq` is the number of the only row A has for `stream` (the mute peer's): from the
-    peer's own address, naming more than A ever numbered ("committed" beyond seq + 1);
-    or from a stranger address (the mute peer's node is unknown), naming exactly it."""
-    src = rng.randrange(1, 1 << 63)
-    if rng.random() < 0.5:
-        committed = seq + 2 + rng.randrange(0, 1 << 40)
-        where = "from_peer"
-    else:
-        committed = seq + 1
-        where = "from_stranger"
-    return where, wire.seal(wire.header(wire.ACK, 9, src, a_node) +
-                            wire.ack_body(stream, committed, 5, [(1, 3)]))
+def misdirected_ack(rng, stream, seq):
+    """A well-formed ACK that PROTOCOL.md says A must ignore, and from where to send it:
+    it names the stream of the only row A has for the mute peer (which an attacker who
+    sees the traffic could learn) and commits it, but it cannot echo A's run id, which
+    only a peer that sees A's DATA knows: from the peer's own address, or a stranger's."""
+    where = "from_peer" if rng.random() < 0.5 else "from_stranger"
+    committed = seq + 1 + (rng.randrange(0, 1 << 40) if rng.random() < 0.5 else 0)
+    return where, wire.seal(wire.header(wire.ACK, 9, rng.randrange(1, 1 << 63),
+                                        rng.randrange(1, 1 << 63), rng.randrange(1, 1 << 63))
+                            + wire.ack_body(stream, committed, [(1, 3)]))
 
 
 @pytest.mark.slow
@@ -340,7 +336,6 @@ def test_hostile_datagram_flood(make_daemon, make_relay, make_sink):
     wait_until(lambda: sink.count() >= 1, 10, "A sends to the mute peer")
     corpus = capture_corpus(a, b, make_relay, sink)
     hostile = wire.Hostile(rng, corpus)
-    a_node = node_id(a)
     (sink_stream, sink_seq), = a.query("SELECT stream, seq FROM mqout WHERE x=?", (x_mute,))
     marks = {d: LogMark(d) for d in (a, b)}
     stranger = udp_socket()
@@ -359,7 +354,7 @@ def test_hostile_datagram_flood(make_daemon, make_relay, make_sink):
             dbmod.enqueue_series(src.db, "127.0.0.1", dst.port, tag, count, start=start)
         target = a if n % 2 else b
         if target is a and rng.random() < 0.02:
-            kind, datagram = misdirected_ack(rng, a_node, sink_stream, sink_seq)
+            kind, datagram = misdirected_ack(rng, sink_stream, sink_seq)
             source = sink.sock if kind == "from_peer" else stranger
             kind = "valid_ack_" + kind
         else:
@@ -416,7 +411,7 @@ def test_hostile_datagram_flood(make_daemon, make_relay, make_sink):
 
 @pytest.mark.timeout(60)
 def test_huge_fragment_counts_do_not_make_a_daemon_allocate(start_daemon):
-    """A 78-byte DATA datagram whose one frame claims a message of 2^22..2^24 fragments
+    """A 110-byte DATA datagram whose one frame claims a message of 2^22..2^24 fragments
     (a 16 MiB message in 1-byte fragments: not more than a receiver may be asked to
     take) must cost memory in proportion to what arrived, not to what it claims: four of
     them must not cost hundreds of MiB (a few hundred would exhaust any machine). Only
@@ -429,15 +424,15 @@ def test_huge_fragment_counts_do_not_make_a_daemon_allocate(start_daemon):
     sock = udp_socket()
     rng = random.Random(7)
     for i, nfrags in enumerate((1 << 24, 1 << 24, 1 << 23, 1 << 22)):
-        body = wire.data_body(stream=1 + i, boot=5, pn=1, base=1,
-                              frames=[(1 + i, 0, nfrags, b"fragment")])
-        sock.sendto(wire.seal(wire.header(wire.DATA, 9, rng.randrange(1, 1 << 63), 0) + body),
+        body = wire.data_body(stream=1 + i, pn=1, base=1, frames=[
+            (1 + i, 0, nfrags, nfrags, 0, b"fragment")])  # 1-byte fragments, in theory
+        sock.sendto(wire.seal(wire.header(wire.DATA, 9, rng.randrange(1, 1 << 63), 5) + body),
                     ("127.0.0.1", b.port))
     a.enqueue(b, "after", "after-000001")  # processed after the four
     wait_until(lambda: b.count("mqin", "token='after'") == 1, 10, "B still works")
     grown = rss_bytes(b.pid) - before
     b.assert_alive()
-    assert grown < 64 << 20, (f"4 datagrams of {len(body) + 28} bytes claiming huge fragment "
+    assert grown < 64 << 20, (f"4 datagrams of {len(body) + wire.MIN_SIZE} bytes claiming huge fragment "
                               f"counts made B grow by {grown >> 20} MiB")
     assert b.count("mqin") == 2
     a.stop()

@@ -80,6 +80,7 @@ def layout(tmp_path, kind):
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
 _FD = re.compile(r"^(\d+)<(.*?)>(?:,|\)| <unfinished)")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_IOV = re.compile(r'iov_base="((?:[^"\\]|\\.)*)"')
 _ESCAPES = {"n": 10, "t": 9, "r": 13, "v": 11, "f": 12, "a": 7, "b": 8, "\\": 92, '"': 34}
 
 
@@ -126,7 +127,8 @@ def durability_report(trace, wal, directory):
             fd = _FD.match(args)
             file = fd.group(2) if fd else None
             if call in ("sendto", "sendmsg"):
-                s = _STRING.search(args)
+                # sendmsg: the datagram is the iov_base, not the first string (an address)
+                s = _IOV.search(args) or _STRING.search(args)
                 try:
                     msg = protocol.decode(unescape(s.group(1))) if s else None
                 except protocol.BadDatagram:

@@ -2,12 +2,13 @@
 tinymqd/protocol.py: build datagrams, take captured ones apart, tell whether one is
 valid by the document's rules, and derive hostile variants of real datagrams.
 
-    raw = seal(header(DATA, port, src, dst) + data_body(...))
+    raw = seal(header(DATA, port, node, run, peer_run, counter) + data_body(...))
     problem(raw)  -> None for a valid datagram, else why PROTOCOL.md says to drop it
     Hostile(rng, corpus).make() -> (kind, datagram) that PROTOCOL.md says to drop
     exchange(a, b, relay, tag, datas) -> real datagrams both ways, captured by a relay
 """
 
+import math
 import struct
 import zlib
 
@@ -15,20 +16,25 @@ from tests.support import db as dbmod
 from tests.support.wait import wait_until
 
 MAGIC = b"TMQ"
-VERSION = 1
+VERSION = 2
 DATA, ACK, HELLO = 1, 2, 3
 TYPES = (DATA, ACK, HELLO)
 
-HEADER = struct.Struct("!3sBBBHqq")   # magic, version, type, flags, port, src, dst
+# magic, version, type, flags, port, node, run, peer_run, counter
+HEADER = struct.Struct("!3sBBBHQQQQ")
 CRC = struct.Struct("!I")
-DATA_HEAD = struct.Struct("!IIQQ")    # stream, boot, pn, base
-FRAME = struct.Struct("!QIIH")        # seq, frag, nfrags, len
-ACK_HEAD = struct.Struct("!IQIH")     # stream, committed, boot, count
+DATA_HEAD = struct.Struct("!QQQQQ")   # stream, pn, dst, cookie, base
+FRAME = struct.Struct("!QIIIIH")      # seq, frag, nfrags, total, crc, len
+ACK_HEAD = struct.Struct("!QQQQH")    # stream, committed, refused, limit, count
 RANGE = struct.Struct("!QQ")
-HELLO_BODY = struct.Struct("!I")
+HELLO_BODY = struct.Struct("!QQ")     # stream, cookie
 MESSAGE_HEAD = struct.Struct("!BBHI")  # kind, has_token, ts_len, token_len
-MIN_SIZE = HEADER.size + CRC.size     # 28
+MIN_SIZE = HEADER.size + CRC.size     # 44
 MAX_UDP = 65507                       # largest IPv4 UDP payload
+U64 = (1 << 64) - 1
+MAX_ID = (1 << 63) - 1                # what SQLite's INTEGER holds
+MAX_RANGES = 32
+MAX_FRAGMENTS = 1 << 24
 
 
 def crc(raw):
@@ -45,33 +51,53 @@ def reseal(datagram):
     return seal(datagram[:-4])
 
 
-def header(kind, port, src, dst, version=VERSION, flags=0, magic=MAGIC):
-    return HEADER.pack(magic, version, kind, flags, port, src, dst)
+def header(kind, port, node, run, peer_run=0, counter=1, version=VERSION, flags=0,
+           magic=MAGIC):
+    return HEADER.pack(magic, version, kind, flags, port, node, run, peer_run, counter)
 
 
-def data_body(stream, boot, pn, base, frames):
-    """frames: (seq, frag, nfrags, chunk)."""
-    out = [DATA_HEAD.pack(stream, boot, pn, base)]
-    for seq, frag, nfrags, chunk in frames:
-        out.append(FRAME.pack(seq, frag, nfrags, len(chunk)) + chunk)
+def frame(seq, blob, frag=0, nfrags=1, chunk=None, total=None, message_crc=None):
+    """One frame carrying `chunk` (the whole blob by default) of the encoded message."""
+    chunk = blob if chunk is None else chunk
+    return (seq, frag, nfrags, len(blob) if total is None else total,
+            zlib.crc32(blob) if message_crc is None else message_crc, chunk)
+
+
+def data_body(stream, pn, base, frames, dst=0, cookie=0):
+    """frames: (seq, frag, nfrags, total, crc, chunk); see frame()."""
+    out = [DATA_HEAD.pack(stream, pn, dst, cookie, base)]
+    for seq, frag, nfrags, total, message_crc, chunk in frames:
+        out.append(FRAME.pack(seq, frag, nfrags, total, message_crc, len(chunk)) + chunk)
     return b"".join(out)
 
 
-def ack_body(stream, committed, boot, ranges):
-    return ACK_HEAD.pack(stream, committed, boot, len(ranges)) + b"".join(
+def ack_body(stream, committed, ranges, refused=0, limit=0):
+    return ACK_HEAD.pack(stream, committed, refused, limit, len(ranges)) + b"".join(
         RANGE.pack(lo, hi) for lo, hi in ranges)
 
 
+def hello_body(stream, cookie=0):
+    return HELLO_BODY.pack(stream, cookie)
+
+
 def message(kind, token, sent, data):
+    """An encoded message; data: bytes (TEXT, BLOB), int (INTEGER), float (REAL), None."""
+    if kind == 1:
+        data = struct.pack("!q", data)
+    elif kind == 2:
+        data = struct.pack("!d", data)
+    elif data is None:
+        data = b""
     return MESSAGE_HEAD.pack(kind, token is not None, len(sent),
                              len(token) if token is not None else 0) + sent + (token or b"") + data
 
 
 def fields(datagram):
     """The header of a datagram as a dict (no checks)."""
-    magic, version, kind, flags, port, src, dst = HEADER.unpack_from(datagram)
-    return dict(magic=magic, version=version, type=kind, flags=flags, port=port, src=src,
-                dst=dst)
+    magic, version, kind, flags, port, node, run, peer_run, counter = HEADER.unpack_from(
+        datagram)
+    return dict(magic=magic, version=version, type=kind, flags=flags, port=port, node=node,
+                run=run, peer_run=peer_run, counter=counter)
 
 
 def body(datagram):
@@ -82,21 +108,29 @@ def with_header(datagram, **changes):
     """The datagram with header fields changed and its CRC recomputed."""
     f = fields(datagram)
     f.update(changes)
-    return seal(header(f["type"], f["port"], f["src"], f["dst"], f["version"], f["flags"],
-                       f["magic"]) + body(datagram))
+    return seal(header(f["type"], f["port"], f["node"], f["run"], f["peer_run"],
+                       f["counter"], f["version"], f["flags"], f["magic"]) + body(datagram))
 
 
-def data_frames(datagram):
-    """(stream, boot, pn, base, [(seq, frag, nfrags, chunk), ...]) of a valid DATA."""
+def data_fields(datagram):
+    """(stream, pn, dst, cookie, base, [frames]) of a valid DATA; frames as frame()."""
     b = body(datagram)
-    stream, boot, pn, base = DATA_HEAD.unpack_from(b)
+    stream, pn, dst, cookie, base = DATA_HEAD.unpack_from(b)
     pos, frames = DATA_HEAD.size, []
     while pos < len(b):
-        seq, frag, nfrags, length = FRAME.unpack_from(b, pos)
+        seq, frag, nfrags, total, message_crc, length = FRAME.unpack_from(b, pos)
         pos += FRAME.size
-        frames.append((seq, frag, nfrags, b[pos:pos + length]))
+        frames.append((seq, frag, nfrags, total, message_crc, b[pos:pos + length]))
         pos += length
-    return stream, boot, pn, base, frames
+    return stream, pn, dst, cookie, base, frames
+
+
+def ack_fields(datagram):
+    """(stream, committed, refused, limit, ranges) of a valid ACK."""
+    b = body(datagram)
+    stream, committed, refused, limit, count = ACK_HEAD.unpack_from(b)
+    ranges = [RANGE.unpack_from(b, ACK_HEAD.size + i * RANGE.size) for i in range(count)]
+    return stream, committed, refused, limit, ranges
 
 
 def message_problem(blob):
@@ -110,10 +144,73 @@ def message_problem(blob):
         return "has_token not 0 or 1"
     if not has_token and token_len:
         return "token length without a token"
-    if MESSAGE_HEAD.size + ts_len + token_len > len(blob):
+    if token_len > 65535:
+        return "token longer than 65535 bytes"
+    data_at = MESSAGE_HEAD.size + ts_len + token_len
+    if data_at > len(blob):
         return "lengths beyond the message"
-    if kind == 0 and len(blob) > MESSAGE_HEAD.size + ts_len + token_len:
+    data = blob[data_at:]
+    if kind == 0 and data:
         return "NULL with data"
+    if kind in (1, 2) and len(data) != 8:
+        return "INTEGER or REAL not 8 bytes"
+    if kind == 2 and math.isnan(struct.unpack("!d", data)[0]):
+        return "REAL NaN"
+    return None
+
+
+def _header_problem(f):
+    if not (0 < f["node"] <= MAX_ID and 0 < f["run"] <= MAX_ID and f["peer_run"] <= MAX_ID
+            and 0 < f["counter"] <= MAX_ID and f["port"]):
+        return "header field out of range"
+    return None
+
+
+def _data_problem(b):
+    if len(b) < DATA_HEAD.size:
+        return "DATA shorter than its head"
+    stream, pn, dst, _cookie, base = DATA_HEAD.unpack_from(b)
+    if not (0 < stream <= MAX_ID and 0 < pn <= MAX_ID and dst <= MAX_ID and 0 < base <= MAX_ID):
+        return "DATA field out of range"
+    pos, frames = DATA_HEAD.size, 0
+    while pos < len(b):
+        if len(b) - pos < FRAME.size:
+            return "frame head cut"
+        seq, frag, nfrags, total, message_crc, length = FRAME.unpack_from(b, pos)
+        pos += FRAME.size
+        if pos + length > len(b):
+            return "frame beyond the datagram"
+        if not frag < nfrags <= MAX_FRAGMENTS:
+            return "fragment index or count out of range"
+        if not base <= seq <= MAX_ID:
+            return "seq below base or out of range"
+        if total < MESSAGE_HEAD.size or not 0 < length <= total:
+            return "frame length and message length do not fit"
+        if nfrags == 1:
+            chunk = b[pos:pos + length]
+            if length != total:
+                return "single fragment shorter than its message"
+            if zlib.crc32(chunk) != message_crc or message_problem(chunk):
+                return "malformed message: " + (message_problem(chunk) or "message CRC")
+        pos += length
+        frames += 1
+    if not frames:
+        return "DATA without frames"
+    return None
+
+
+def _ack_problem(b):
+    if len(b) < ACK_HEAD.size:
+        return "ACK shorter than its head"
+    stream, committed, refused, _limit, count = ACK_HEAD.unpack_from(b)
+    if count > MAX_RANGES or len(b) - ACK_HEAD.size != count * RANGE.size:
+        return "ACK ranges do not add up"
+    if not (0 < stream <= MAX_ID and committed <= MAX_ID and refused <= MAX_ID):
+        return "ACK field out of range"
+    for i in range(count):
+        lo, hi = RANGE.unpack_from(b, ACK_HEAD.size + i * RANGE.size)
+        if not 0 < lo <= hi <= MAX_ID:
+            return "ACK range reversed or out of range"
     return None
 
 
@@ -121,7 +218,7 @@ def problem(datagram):
     """None when PROTOCOL.md calls the datagram intact and well formed, else the reason
     it must be dropped. Whole single-fragment messages are checked too."""
     if len(datagram) < MIN_SIZE:
-        return "shorter than 28 bytes"
+        return "shorter than 44 bytes"
     f = fields(datagram)
     if f["magic"] != MAGIC:
         return "foreign magic"
@@ -131,36 +228,18 @@ def problem(datagram):
         return "bad CRC"
     if f["flags"]:
         return "flags set"
+    bad = _header_problem(f)
+    if bad:
+        return bad
     b = body(datagram)
     if f["type"] == DATA:
-        if len(b) < DATA_HEAD.size:
-            return "DATA shorter than its head"
-        pos, frames = DATA_HEAD.size, 0
-        while pos < len(b):
-            if len(b) - pos < FRAME.size:
-                return "frame head cut"
-            _seq, frag, nfrags, length = FRAME.unpack_from(b, pos)
-            pos += FRAME.size
-            if pos + length > len(b):
-                return "frame beyond the datagram"
-            if not frag < nfrags:
-                return "fragment index not below the count"
-            if nfrags == 1 and message_problem(b[pos:pos + length]):
-                return "malformed message: " + message_problem(b[pos:pos + length])
-            pos += length
-            frames += 1
-        if not frames:
-            return "DATA without frames"
-        return None
+        return _data_problem(b)
     if f["type"] == ACK:
-        if len(b) < ACK_HEAD.size:
-            return "ACK shorter than its head"
-        count = ACK_HEAD.unpack_from(b)[3]
-        if len(b) - ACK_HEAD.size != count * RANGE.size:
-            return "ACK ranges do not add up"
-        return None
+        return _ack_problem(b)
     if f["type"] == HELLO:
-        return None if len(b) == HELLO_BODY.size else "HELLO body not 4 bytes"
+        if len(b) != HELLO_BODY.size:
+            return "HELLO body not 16 bytes"
+        return None if 0 < HELLO_BODY.unpack(b)[0] <= MAX_ID else "HELLO stream out of range"
     return "unknown type"
 
 
@@ -170,9 +249,8 @@ class Hostile:
     (kind, datagram); every datagram it returns has problem(d) != None.
 
     Header changes get a recomputed CRC so that they reach the checks behind the CRC.
-    Forgeries that would be *valid* (another source node, a raised base, an ACK from the
-    destination's own address naming rows it has) are not made here: version 1 does not
-    authenticate, so those cannot be told from real traffic (see SEALED in PROTOCOL.md).
+    Forgeries that would be *valid* are not made here: the tests that play an attacker
+    who does not see the traffic make those themselves.
     """
 
     def __init__(self, rng, corpus, big_share=0.01):
@@ -188,7 +266,7 @@ class Hostile:
             (self.other_magic, 3), (self.other_version, 6), (self.other_type, 5),
             (self.flags_set, 4), (self.retyped, 4), (self.broken_lengths, 10),
             (self.bad_fragment_index, 4), (self.no_frames, 2), (self.malformed_message, 6),
-            (self.short_hello, 2),
+            (self.short_hello, 2), (self.out_of_range, 10),
         ]
         self._choices = [k for k, _ in self.kinds]
         self._weights = [w for _, w in self.kinds]
@@ -233,7 +311,7 @@ class Hostile:
 
     def extended_resealed(self):
         """Bytes after the last frame (too few for a frame head), after the ranges or the
-        boot id; the CRC is right."""
+        HELLO body; the CRC is right."""
         d = self._real()
         t = fields(d)["type"]
         if t == DATA:
@@ -252,7 +330,7 @@ class Hostile:
 
     def other_version(self):
         return with_header(self._real(), version=self.rng.choice(
-            [0, 2, 3, 127, 128, 255] + [self.rng.randrange(2, 256)]))
+            [0, 1, 3, 127, 128, 255] + [self.rng.randrange(3, 256)]))
 
     def other_type(self):
         return with_header(self._real(), type=self.rng.choice(
@@ -275,12 +353,13 @@ class Hostile:
         t = fields(d)["type"]
         what = self.rng.random()
         if t == DATA and what < 0.6:
-            pos = DATA_HEAD.size + 16  # the first frame's len field
+            pos = DATA_HEAD.size + FRAME.size - 2  # the first frame's len field
             left = len(b) - pos - 2
             struct.pack_into("!H", b, pos, self.rng.randrange(left + 1, 65536))
         elif t == ACK and what < 0.6:
-            count = struct.unpack_from("!H", b, 16)[0]
-            struct.pack_into("!H", b, 16, (count + self.rng.randrange(1, 65536)) % 65536)
+            at = ACK_HEAD.size - 2
+            count = struct.unpack_from("!H", b, at)[0]
+            struct.pack_into("!H", b, at, (count + self.rng.randrange(1, 65536)) % 65536)
         else:
             head = DATA_HEAD.size if t == DATA else ACK_HEAD.size
             b = b[:self.rng.randrange(0, head)]
@@ -302,37 +381,61 @@ class Hostile:
         return seal(d[:HEADER.size] + body(d)[:DATA_HEAD.size])
 
     def malformed_message(self):
-        """A whole single-fragment message whose encoding is broken, in an otherwise
-        intact DATA datagram, for a sequence number the receiver has not stored: from the
-        real sender's stream (far ahead) or from a new one."""
+        """A whole single-fragment message whose encoding is broken (its CRC right), in an
+        otherwise intact DATA datagram, for a sequence number the receiver has not
+        stored: from the real sender's stream (far ahead) or from a new one."""
         d = self._real(DATA)
-        stream, boot, pn, base, frames = data_frames(d)
+        stream, pn, dst, cookie, base, _frames = data_fields(d)
         f = fields(d)
         if self.rng.random() < 0.5:
-            f["src"] = self.rng.randrange(1, 1 << 63)
-            stream = self.rng.randrange(1, 1 << 32)
-            seq = 1
-            base = 1
+            f["node"] = self.rng.randrange(1, 1 << 63)
+            stream = self.rng.randrange(1, 1 << 63)
+            seq = base = 1
         else:
-            seq = (1 << 40) + self.rng.randrange(1 << 20)
+            seq = base + (1 << 40) + self.rng.randrange(1 << 20)
         good = message(3, b"tok", b"2026-01-01 00:00:00", b"hostile")
         bad = self.rng.choice([
             bytes([self.rng.randrange(5, 256)]) + good[1:],                 # unknown kind
             good[:1] + bytes([self.rng.randrange(2, 256)]) + good[2:],      # has_token
             good[:2] + struct.pack("!H", 60000) + good[4:],                 # ts too long
             good[:4] + struct.pack("!I", 1 << 30) + good[8:],               # token too long
-            good[:self.rng.randrange(0, MESSAGE_HEAD.size)],                # head cut
-            message(0, None, b"", b"data for a NULL"),                      # NULL with data
+            good[:self.rng.randrange(0, MESSAGE_HEAD.size)] or b"\x03",    # head cut
+            message(0, None, b"", b"") + b"data for a NULL",                # NULL with data
+            MESSAGE_HEAD.pack(1, 0, 0, 0) + b"\x01\x02",                     # INTEGER 2 bytes
+            MESSAGE_HEAD.pack(2, 0, 0, 0) + struct.pack("!d", math.nan),    # REAL NaN
         ])
-        raw = header(DATA, f["port"], f["src"], f["dst"]) + data_body(
-            stream, boot, pn, base, [(seq, 0, 1, bad)])
+        raw = header(DATA, f["port"], f["node"], f["run"], f["peer_run"], f["counter"]) + \
+            data_body(stream, pn, base, [frame(seq, bad)], dst, cookie)
         return seal(raw)
 
     def short_hello(self):
         d = self._real(HELLO) if self.by_type[HELLO] else self._real()
         f = fields(d)
-        return seal(header(HELLO, f["port"], f["src"], f["dst"]) +
-                    self._bytes(self.rng.choice((0, 1, 2, 3, 5, 8, 64))))
+        return seal(header(HELLO, f["port"], f["node"], f["run"], f["peer_run"], f["counter"])
+                    + self._bytes(self.rng.choice((0, 1, 2, 3, 5, 8, 15, 17, 64))))
+
+    def out_of_range(self):
+        """A valid-looking datagram with one integer field beyond what a receiver can
+        represent or store (CRC right)."""
+        d = bytearray(self._real())
+        t = fields(bytes(d))["type"]
+        h = HEADER.size
+        choices = [(8, "!Q", self.rng.choice((0, 1 << 63, U64))),      # node
+                   (16, "!Q", self.rng.choice((0, 1 << 63, U64))),     # run
+                   (24, "!Q", self.rng.choice((1 << 63, U64))),        # peer_run
+                   (32, "!Q", self.rng.choice((0, 1 << 63, U64))),     # counter
+                   (6, "!H", 0)]                                       # port
+        if t == DATA:
+            choices += [(h, "!Q", self.rng.choice((0, 1 << 63, U64))),       # stream
+                        (h + 8, "!Q", self.rng.choice((0, 1 << 63, U64))),   # pn
+                        (h + 32, "!Q", self.rng.choice((0, 1 << 63, U64))),  # base
+                        (h + DATA_HEAD.size, "!Q", self.rng.choice((1 << 63, U64)))]  # seq
+        elif t == ACK:
+            choices += [(h, "!Q", self.rng.choice((0, 1 << 63, U64))),       # stream
+                        (h + 8, "!Q", self.rng.choice((1 << 63, U64)))]      # committed
+        at, fmt, value = self.rng.choice(choices)
+        struct.pack_into(fmt, d, at, value)
+        return reseal(bytes(d))
 
     def make(self):
         """One hostile datagram: (kind name, bytes) with problem(bytes) != None."""

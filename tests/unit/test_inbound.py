@@ -1,5 +1,6 @@
 """Receiving: order, duplicates across restarts, cancel gaps, reassembly; real SQLite."""
 
+import itertools
 import sqlite3
 import threading
 
@@ -11,6 +12,7 @@ from tinymqd.writer import Writer
 
 SENDER, ME = 0x5E, 0x3E
 ADDR = ("127.0.0.1", 9001)
+MAX_MESSAGE = 10000
 
 
 class Harness:
@@ -23,15 +25,17 @@ class Harness:
         self.writer.start()
         self.acks = []
         self.done = threading.Condition()
-        self.inbound = Inbound(ME, 9000, self.writer, self.capture, known or {}, boot=1)
+        self.inbound = Inbound(protocol.Origin(9000, ME, 1, itertools.count(1)), self.writer,
+                               self.capture, known or {}, max_message=MAX_MESSAGE)
 
-    def capture(self, datagram, addr):
+    def capture(self, datagram, addr, local=None):
         with self.done:
             self.acks.append(protocol.decode(datagram))
             self.done.notify_all()
 
-    def data(self, pn, frames, base=1, boot=5, stream=1):
-        raw = protocol.encode_data(9001, SENDER, ME, stream, boot, pn, base, frames)
+    def data(self, pn, frames, base=1, run=5, stream=1):
+        sender = protocol.Origin(9001, SENDER, run, itertools.count(1))
+        raw = protocol.encode_data(sender, None, 1, stream, pn, ME, 0, base, frames)
         ok = self.inbound.on_data(protocol.decode(raw), ADDR)
         self.inbound.flush()
         return ok
@@ -51,9 +55,16 @@ class Harness:
             return conn.execute("SELECT seq, data FROM mqin ORDER BY x").fetchall()
 
 
-def msg(seq, text, frag=0, nfrags=1):
-    return (seq, frag, nfrags, protocol.encode_message(protocol.KIND_TEXT, b"t", b"",
-                                                       text.encode()))
+def msg(seq, text):
+    blob = protocol.encode_message(protocol.KIND_TEXT, b"t", b"", text.encode())
+    return (seq, 0, 1, len(blob), protocol.message_crc(blob), blob)
+
+
+def fragments(seq, blob, size=1000):
+    """The frames of one message cut into `size`-byte fragments."""
+    parts = [blob[i:i + size] for i in range(0, len(blob), size)]
+    crc = protocol.message_crc(blob)
+    return [(seq, i, len(parts), len(blob), crc, part) for i, part in enumerate(parts)]
 
 
 @pytest.fixture
@@ -92,11 +103,41 @@ def test_base_skips_a_cancelled_message_without_waiting_for_it(harness):
 
 def test_fragments_are_reassembled_in_any_order(harness):
     blob = protocol.encode_message(protocol.KIND_BLOB, None, b"", bytes(range(256)) * 20)
-    parts = [blob[i:i + 1000] for i in range(0, len(blob), 1000)]
-    for i in reversed(range(len(parts))):
-        harness.data(10 + i, [(1, i, len(parts), parts[i])])
+    for i, frame in reversed(list(enumerate(fragments(1, blob)))):
+        harness.data(10 + i, [frame])
     harness.wait_committed(2)
     assert harness.mqin() == [(1, bytes(range(256)) * 20)]
+
+
+def test_fragments_of_two_versions_of_a_message_never_mix(harness):
+    """The row was updated (or the sender restarted) while the message was in flight:
+    what is stored is one version, whole."""
+    old = fragments(1, protocol.encode_message(protocol.KIND_BLOB, None, b"", b"o" * 3000))
+    new = fragments(1, protocol.encode_message(protocol.KIND_BLOB, None, b"", b"n" * 3000))
+    harness.data(1, [old[0]])
+    harness.data(2, [old[1]])
+    for i, frame in enumerate(new[1:] + new[:1]):
+        harness.data(3 + i, [frame], run=6)
+    harness.data(9, [old[2]])  # a late fragment of the old version
+    harness.wait_committed(2)
+    assert harness.mqin() == [(1, b"n" * 3000)]
+
+
+@pytest.mark.parametrize("size,sent", [
+    (MAX_MESSAGE + 1, "all"),  # seen to be too large once whole
+    (MAX_MESSAGE + 500000, "first"),  # its length says so at the first fragment
+])
+def test_a_message_larger_than_max_message_is_refused_and_skipped(harness, size, sent):
+    big = fragments(2, protocol.encode_message(protocol.KIND_BLOB, None, b"", b"x" * size))
+    harness.data(1, [msg(1, "a")])
+    for i, frame in enumerate(big if sent == "all" else big[:1]):
+        harness.data(2 + i, [frame])
+    harness.wait_committed(2)
+    assert harness.acks[-1].refused == 2 and harness.acks[-1].limit == MAX_MESSAGE
+    harness.data(1000, [msg(3, "c")], base=3)  # the sender took it out of the stream
+    harness.wait_committed(4)
+    assert harness.mqin() == [(1, "a"), (3, "c")]
+    assert harness.acks[-1].refused == 0
 
 
 def test_committed_point_survives_a_restart_and_consumer_deletes(tmp_path):
@@ -112,8 +153,8 @@ def test_committed_point_survives_a_restart_and_consumer_deletes(tmp_path):
             "SELECT sender, stream, next_seq FROM tinymq_rx")}
     second = Harness(path, known)
     try:
-        second.data(1, [msg(1, "a"), msg(2, "b")], boot=6)  # the sender resends
-        second.data(2, [msg(3, "c")], boot=6)
+        second.data(1, [msg(1, "a"), msg(2, "b")], run=6)  # the sender resends
+        second.data(2, [msg(3, "c")], run=6)
         second.wait_committed(4)
         assert second.mqin() == [(3, "c")]
     finally:
@@ -121,14 +162,22 @@ def test_committed_point_survives_a_restart_and_consumer_deletes(tmp_path):
 
 
 def test_sender_restart_starts_packet_numbers_afresh(harness):
-    harness.data(100, [msg(1, "a")], boot=5)
-    harness.data(1, [msg(2, "b")], boot=6)
+    harness.data(100, [msg(1, "a")], run=5)
+    harness.data(1, [msg(2, "b")], run=6)
     assert harness.acks[-1].ranges[0] == (1, 1)
 
 
-def test_inconsistent_fragment_count_is_reported(harness):
-    harness.data(1, [msg(1, "a", frag=0, nfrags=2)])
-    assert harness.data(2, [msg(1, "a", frag=1, nfrags=3)]) is False
+def test_acks_echo_the_senders_run_and_name_its_stream(harness):
+    harness.data(1, [msg(1, "a")], run=77, stream=1 << 60)
+    harness.wait_committed(2)
+    ack = harness.acks[-1]
+    assert ack.header.peer_run == 77 and ack.stream == 1 << 60 and ack.header.node == ME
+
+
+def test_a_message_whose_checksum_does_not_match_is_reported(harness):
+    seq, frag, nfrags, total, crc, blob = msg(1, "a")
+    assert harness.data(1, [(seq, frag, nfrags, total, crc ^ 1, blob)]) is False
+    assert harness.mqin() == []
 
 
 def test_rangeset_merges_and_stays_bounded():

@@ -5,14 +5,14 @@ import sqlite3
 
 import pytest
 
-from tinymqd import intake, protocol, store, transport
+from tinymqd import intake, numbering, protocol, store, transport
 from tinymqd.constants import MAX_TOKEN_BYTES
 
 
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "t.db"
-    store.initialize(str(path))
+    store.initialize(str(path), new_run=True)
     conn = sqlite3.connect(path, isolation_level=None)
     yield conn
     conn.close()
@@ -38,7 +38,7 @@ def test_the_triggers_number_exactly_the_rows_the_rule_finds_no_problem_in(
         db, host, port, problem):
     db.execute("INSERT INTO mqout (host, port, data) VALUES (?, ?, 'x')", (host, port))
     stream, found = db.execute(
-        f"SELECT stream, {store.row_problem('mqout')} FROM mqout").fetchone()
+        f"SELECT stream, {numbering.row_problem('mqout')} FROM mqout").fetchone()
     if problem is None:
         assert found is None and stream is not None
     else:
@@ -46,20 +46,20 @@ def test_the_triggers_number_exactly_the_rows_the_rule_finds_no_problem_in(
 
 
 def test_size_problems_name_the_limit():
-    assert intake._size_problem(b"x" * 10, 10, None, 10) is None
-    assert "max_message (9 bytes)" in intake._size_problem(b"x" * 10, 10, None, 9)
-    assert "max_message" in intake._size_problem(None, 11, None, 10)  # data not read
-    assert intake._size_problem(b"", 0, b"t" * MAX_TOKEN_BYTES, 10) is None
-    assert "token" in intake._size_problem(b"", 0, b"t" * (MAX_TOKEN_BYTES + 1), 10)
-    assert "token" in intake._size_problem(b"", 0, MAX_TOKEN_BYTES + 1, 10)  # a length
+    assert intake._size_problem(10, None, None, 10) is None
+    assert "max_message (9 bytes)" in intake._size_problem(10, None, None, 9)
+    assert intake._size_problem(0, MAX_TOKEN_BYTES, 65535, 10) is None
+    assert "token is 65536 bytes" in intake._size_problem(0, MAX_TOKEN_BYTES + 1, 0, 10)
+    assert "ts is 65536 bytes" in intake._size_problem(0, 0, 65536, 10)
 
 
 @pytest.mark.parametrize("kind,data,wire_kind,wire_data", [
     (b"text", b"h\xc3\xa9llo", protocol.KIND_TEXT, b"h\xc3\xa9llo"),
     (b"blob", b"\x00\xff", protocol.KIND_BLOB, b"\x00\xff"),
-    (b"integer", 42, protocol.KIND_INTEGER, b"42"),
-    (b"real", 2.5, protocol.KIND_REAL, b"2.5"),
-    (b"null", None, protocol.KIND_NULL, b""),
+    (b"integer", 42, protocol.KIND_INTEGER, 42),
+    (b"real", 2.5, protocol.KIND_REAL, 2.5),
+    (b"real", float("-inf"), protocol.KIND_REAL, float("-inf")),
+    (b"null", None, protocol.KIND_NULL, None),
 ])
 def test_a_row_is_encoded_with_its_type_token_and_ts(kind, data, wire_kind, wire_data):
     message = protocol.decode_message(intake._encode(kind, data, b"tok", b"2026-01-01"))

@@ -1,10 +1,13 @@
 """Sending state of one destination: packing, acknowledgements, loss, backoff, cancel."""
 
+import itertools
+
 from tinymqd import protocol
 from tinymqd.congestion import MIN_RTO_S, PACE_BURST
 from tinymqd.outbound import OutMessage, OutStream
 
-PORT, NODE, PEER, BOOT = 9000, 0xA, 0xB, 1
+NODE, PEER, RUN = 0xA, 0xB, 0x1
+ORIGIN = protocol.Origin(9000, NODE, RUN, itertools.count(1))
 CHUNK = protocol.chunk_size(1200)
 
 
@@ -19,7 +22,7 @@ def stream_with(*sizes):
 def send_all(st, now=0.0):
     packets = []
     while st.can_send():
-        packet = st.build_packet(1200, PORT, NODE, BOOT)
+        packet = st.build_packet(1200, ORIGIN)
         if packet is None:
             return packets
         pn, datagram, frames = packet
@@ -29,16 +32,17 @@ def send_all(st, now=0.0):
     return packets
 
 
-def ack(committed, ranges, boot=7):
-    raw = protocol.encode_ack(9001, PEER, NODE, 1, committed, boot, ranges)
-    return protocol.decode(raw)
+def ack(committed, ranges, run=7, refused=0):
+    peer = protocol.Origin(9001, PEER, run, itertools.count(1))
+    return protocol.decode(protocol.encode_ack(peer, RUN, 1, committed, ranges, refused,
+                                               1000 if refused else 0))
 
 
 def test_small_messages_share_a_datagram_and_carry_the_base():
     packets = send_all(stream_with(100, 100, 100))
     assert len(packets) == 1
     assert [f.seq for f in packets[0].frames] == [1, 2, 3]
-    assert packets[0].base == 1 and packets[0].boot == BOOT
+    assert packets[0].base == 1 and packets[0].header.run == RUN
 
 
 def test_large_message_is_fragmented_below_the_datagram_limit():
@@ -106,9 +110,9 @@ def test_unreachable_is_reported_once_after_a_while():
 def test_peer_restart_resends_what_it_held_but_had_not_committed():
     st = stream_with(10, 10)
     send_all(st)
-    st.on_ack(ack(0, [(1, 1)], boot=7), 0.01)
+    st.on_ack(ack(0, [(1, 1)], run=7), 0.01)
     assert not send_all(st)
-    st.on_ack(ack(0, [], boot=8), 0.02)  # a new boot id: its memory is gone
+    st.on_ack(ack(0, [], run=8), 0.02)  # a new boot id: its memory is gone
     assert [f.seq for p in send_all(st) for f in p.frames] == [1, 2]
 
 
@@ -123,7 +127,7 @@ def test_cancel_moves_the_base_past_deleted_rows():
 def test_ack_cannot_release_more_than_was_sent_by_ranges():
     st = stream_with(10)
     send_all(st)
-    st.on_ack(ack(0, [(1, 10**9)]), 0.01)  # absurd range: clamped, no crash
+    st.on_ack(ack(0, [(1, (1 << 63) - 1)]), 0.01)  # absurd range: clamped, no crash
     assert not st.sent and list(st.messages) == [1]
 
 
@@ -134,9 +138,19 @@ def test_a_window_is_paced_not_sent_as_one_burst():
     st.on_ack(ack(0, [(1, 100)]), 0.010)  # srtt is now 10 ms
     burst = 0
     while st.can_send() and st.may_send_at(0.010):
-        pn, _, frames = st.build_packet(1200, PORT, NODE, BOOT)
+        pn, _, frames = st.build_packet(1200, ORIGIN)
         st.record_sent(pn, frames, 0.010)
         burst += 1
     assert 1 <= burst <= PACE_BURST + 1
     later = 0.010 + 10 * st.cc.srtt / st.cc.cwnd
     assert st.may_send_at(later)  # the rest follows at window / RTT
+
+
+def test_a_refused_message_leaves_the_stream_and_is_reported():
+    st = stream_with(10, 10, 10)
+    send_all(st)
+    st.on_ack(ack(0, [(1, 1)], refused=2), 0.01)
+    assert st.refused == [(2, 1000)] and list(st.messages) == [1, 3]
+    assert [f.seq for p in send_all(st, 0.5) for f in p.frames] == []
+    st.cancel([1])
+    assert st.base == 3

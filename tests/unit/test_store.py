@@ -15,8 +15,8 @@ def columns(path, table):
 
 def test_creates_tables_in_wal_mode_and_keeps_the_node_identity(tmp_path):
     path = str(tmp_path / "q.db")
-    node = store.initialize(path)
-    assert node > 0 and store.initialize(path) == node
+    node = store.initialize(path).node
+    assert node > 0 and store.initialize(path).node == node
     for name in ("x", "ts", "host", "port", "token", "data", "last_error"):
         assert name in columns(path, "mqout")
     for name in ("x", "ts", "shost", "sport", "token", "data"):
@@ -67,10 +67,10 @@ def test_older_table_gets_the_daemon_columns(tmp_path):
 
 
 def test_foreign_table_layout_is_a_clear_error(tmp_path):
-    path = str(tmp_path / "perl.db")
+    path = str(tmp_path / "other.db")
     with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE mqout (x INTEGER PRIMARY KEY, dhost, dport, token, data)")
-    with pytest.raises(store.StoreError, match="mqout has no column host"):
+        conn.execute("CREATE TABLE mqout (x INTEGER PRIMARY KEY, recipient, body)")
+    with pytest.raises(store.StoreError, match="mqout has no column token, data"):
         store.initialize(path)
 
 
