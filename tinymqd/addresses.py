@@ -2,6 +2,7 @@
 and after failures, and tells the admin (log, last_error) when a destination does not
 resolve, stops answering, or comes back."""
 
+import collections
 import concurrent.futures
 import datetime
 import logging
@@ -17,11 +18,15 @@ RESOLVE_RETRY_MAX_S = 60.0  # ... doubling up to this
 RERESOLVE_INTERVAL_S = 60.0  # names are looked up again this often (addresses move)
 
 
+PAST_RUNS = 16  # run ids of a destination remembered, to ignore replayed HELLOs
+
+
 class Endpoint:
-    """The address of one destination (host, port) and the state of resolving it."""
+    """The address of one destination (host, port), the state of resolving it, and what
+    the peer there gave us: its cookie and keys."""
 
     __slots__ = ("host", "port", "name", "addr", "error", "resolving", "next_resolve",
-                 "retry_wait")
+                 "retry_wait", "cookie", "key", "key_names", "past_runs")
 
     def __init__(self, host, port):
         self.host = host
@@ -32,6 +37,20 @@ class Endpoint:
         self.resolving = False
         self.next_resolve = 0.0
         self.retry_wait = 0.0
+        self.cookie = 0  # what our DATA must echo (the peer's HELLO tells it)
+        self.key = None  # (name, key) that seals what we send; None: unsealed
+        self.key_names = frozenset()  # the keys its answers may be sealed with
+        self.past_runs = collections.deque(maxlen=PAST_RUNS)
+
+    def choose_keys(self, peer_keys):
+        """The keys for this destination, by its name or address (keys.PeerKeys)."""
+        pairs = peer_keys.for_destination(self.host, self.addr[0] if self.addr else None)
+        self.key = pairs[0] if pairs else None
+        self.key_names = frozenset(name for name, _ in pairs)
+
+    def answers_with_right_key(self, key_name):
+        """An answer sealed as we seal to it (or unsealed, when we do not seal)."""
+        return key_name in self.key_names if self.key else key_name is None
 
     @property
     def is_name(self):
@@ -127,10 +146,16 @@ class AddressBook:
         ep = dest.endpoint
         since = datetime.datetime.now().astimezone() - datetime.timedelta(
             seconds=now - waiting_since)
-        log.warning("destination %s is not answering; retrying every %.1f s",
-                    ep.name, retry_max, extra={"PEER": ep.name})
-        self.show_error(dest, f"no answer from {ep.name} since "
-                              f"{since:%Y-%m-%d %H:%M:%S %z}; retrying")
+        if ep.key is None:
+            problem = f"no answer from {ep.name} since {since:%Y-%m-%d %H:%M:%S %z}"
+        else:
+            problem = (f"no answer sealed with key '{ep.key[0]}' from {ep.name} since "
+                       f"{since:%Y-%m-%d %H:%M:%S %z}: the peer does not answer sealed "
+                       f"traffic (check that both have this key in key_file and peers)")
+        log.warning("destination %s is not answering%s; retrying every %.1f s", ep.name,
+                    "" if ep.key is None else f" traffic sealed with key '{ep.key[0]}' "
+                    f"(check the keys on both sides)", retry_max, extra={"PEER": ep.name})
+        self.show_error(dest, f"{problem}; retrying")
 
     def back(self, dest):
         log.info("destination %s is back", dest.endpoint.name,

@@ -6,6 +6,7 @@ import os
 
 import yaml
 
+from tinymqd import keys
 from tinymqd.constants import (DEFAULT_BIND, DEFAULT_CONFIG_FILE, DEFAULT_DATABASE,
                                DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
                                DEFAULT_PORT, DEFAULT_RETRY_MAX_S, LOG_LEVELS)
@@ -24,7 +25,20 @@ class Config:
     retry_max: float = DEFAULT_RETRY_MAX_S  # cap of the retransmission backoff, seconds
     max_datagram: int = DEFAULT_MAX_DATAGRAM_BYTES  # UDP payload, bytes
     max_message: int = DEFAULT_MAX_MESSAGE_BYTES  # largest data value, bytes
+    allow: tuple = None  # networks that may send us data (None: any)
+    key_file: str = None
+    peers: dict = None  # as written: entry -> [key names]
+    require_key: bool = None  # None: when key_file is set
     source: str = "built-in defaults"  # where the settings came from, for log lines
+    keys: dict = dataclasses.field(default=None, repr=False)  # name -> key, from key_file
+
+    @property
+    def keys_required(self):
+        return self.require_key if self.require_key is not None else bool(self.key_file)
+
+    def peer_keys(self):
+        """A new keys.PeerKeys for the `peers` map (empty without keys)."""
+        return keys.PeerKeys(self.peers or {}, self.keys or {})
 
 
 def _check_port(value):
@@ -63,6 +77,19 @@ def _check_message(value):
     return None if 0 <= value <= 1024**3 else "must be between 0 and 1073741824 bytes"
 
 
+def _check_allow(value):
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            return f"must be a list of networks such as '10.0.0.0/8' or '::1', not {item!r}"
+    return None
+
+
+def _check_nothing(value):
+    return None
+
+
 # key -> (accepted Python types, checker)
 _SCHEMA = {
     "port": ((int,), _check_port),
@@ -72,14 +99,36 @@ _SCHEMA = {
     "retry_max": ((int, float), _check_retry_max),
     "max_datagram": ((int,), _check_datagram),
     "max_message": ((int,), _check_message),
+    "allow": ((list,), _check_allow),
+    "key_file": ((str,), _check_path),
+    "peers": ((dict,), _check_nothing),  # checked against the key file, in _with_keys
+    "require_key": ((bool,), _check_nothing),
 }
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping", bool: "true or false"}
 
 
 def validate(values, source):
     """Check a mapping of settings and return a Config; raise ConfigError naming the key."""
-    return Config(source=source, **_clean(values, source))
+    return _with_keys(_clean(values, source), source)
+
+
+def _with_keys(settings, source):
+    """The Config, with the key file read and `peers` checked against it."""
+    peers, key_file = settings.get("peers"), settings.get("key_file")
+    if peers and not key_file:
+        raise ConfigError(f"{source}: key 'peers' needs key_file (the keys it names)")
+    if settings.get("require_key") and not key_file:
+        raise ConfigError(f"{source}: key 'require_key' is true but there is no key_file")
+    if key_file:
+        try:
+            settings["keys"] = keys.load_key_file(key_file)
+            settings["peers"] = keys.parse_peers(peers or {}, settings["keys"], source)
+        except keys.KeysError as e:
+            raise ConfigError(f"{source}: key 'key_file': {e}" if str(e).startswith(key_file)
+                              else str(e)) from None
+    return Config(source=source, **settings)
 
 
 def _clean(values, source):
@@ -90,13 +139,16 @@ def _clean(values, source):
             raise ConfigError(f"{source}: unknown key '{key}' (known keys: {known})")
         types, check = _SCHEMA[key]
         # bool is an int in Python, but 'port: yes' is a typo, not a port.
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise ConfigError(
                 f"{source}: key '{key}' must be {_TYPE_NAMES[types[-1]]}, got {value!r}")
         problem = check(value)
         if problem:
             raise ConfigError(f"{source}: key '{key}' {problem}, got {value!r}")
         clean[key] = float(value) if float in types else value
+    if "allow" in clean:
+        clean["allow"] = tuple(ipaddress.ip_network(item, strict=False)
+                               for item in clean["allow"])
     return clean
 
 
@@ -119,7 +171,7 @@ def load(path=None, port=None, database=None):
     if database is not None:
         overrides["database"] = database
     settings.update(_clean(overrides, "command line"))
-    return Config(source=source, **settings)
+    return _with_keys(settings, source)
 
 
 def _read_yaml(path):

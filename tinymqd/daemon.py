@@ -17,7 +17,8 @@ import time
 
 import sdnotify
 
-from tinymqd import __version__, logsetup, protocol, store, transport
+from tinymqd import __version__, logsetup, protocol, sealing, store, transport
+from tinymqd.gate import Gate
 from tinymqd.inbound import Inbound
 from tinymqd.receiver import Receiver
 from tinymqd.scheduler import Scheduler
@@ -69,15 +70,19 @@ class Daemon:
         self.node = node
         self.sock = sock
         run = secrets.randbits(RUN_ID_BITS) or 1
-        self.origin = protocol.Origin(cfg.port, node, run, itertools.count(1))
+        self.origin = protocol.Origin(cfg.port, node, run, itertools.count(1),
+                                      sealing.Sessions())
         self.sender = transport.Sender(sock)
+        self.peer_keys = cfg.peer_keys()
+        self.peer_keys.refresh()
+        self.gate = Gate(self.origin, self.peer_keys, cfg.keys_required, cfg.allow)
         writer = Writer(cfg.database, self.stopping)
         scheduler = Scheduler(self.stopping, cfg, self.origin, self.sender, sock.family,
-                              writer)
+                              writer, self.peer_keys)
         inbound = Inbound(self.origin, writer, self.sender.send,
-                          store.known_senders(cfg.database), cfg.max_message)
-        receiver = Receiver(self.stopping, sock, self.origin, self.sender, inbound,
-                            scheduler.inbox)
+                          store.known_senders(cfg.database), cfg.max_message, cfg.keys)
+        receiver = Receiver(self.stopping, sock, self.origin, self.sender, self.gate,
+                            inbound, scheduler.inbox)
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (
             writer, scheduler, inbound, receiver)
@@ -114,7 +119,12 @@ class Daemon:
                 addr = transport.resolve(host, port, self.sock.family)
             except (OSError, TypeError, ValueError):
                 continue
-            self.sender.send(protocol.encode_hello(self.origin, 0, stream), addr)
+            keys = self.gate.keys_for(addr[0])
+            if self.cfg.keys_required and not keys:
+                continue
+            self.sender.send(protocol.encode_hello(self.origin, 0, stream,
+                                                   self.gate.cookie(addr),
+                                                   keys[0][1] if keys else None), addr)
 
     def _supervise(self):
         watchdog = _watchdog_interval()

@@ -91,7 +91,7 @@ def _data_size(message):
 class InboundStream:
     __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
                  "rows", "received", "peer_run", "addr", "local", "shost", "sport",
-                 "buffered", "refused")
+                 "buffered", "refused", "key")
 
     def __init__(self, sender, stream, committed):
         self.sender = sender
@@ -110,13 +110,16 @@ class InboundStream:
         self.sport = None
         self.buffered = 0
         self.refused = 0  # a sequence number we will not store (too large); 0: none
+        self.key = None  # name of the key its datagrams are sealed with (None: unsealed)
 
 
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, origin, writer, send, known, max_message=DEFAULT_MAX_MESSAGE_BYTES):
+    def __init__(self, origin, writer, send, known, max_message=DEFAULT_MAX_MESSAGE_BYTES,
+                 keys=None):
         self.origin = origin  # our node, run and datagram counter (protocol.Origin)
+        self.keys = keys or {}  # name -> key: ACKs are sealed like the data they answer
         self.writer = writer
         self.send = send  # send(datagram, addr, local address or None)
         self.max_message = max_message
@@ -149,6 +152,7 @@ class Inbound:
             st.local = local
             st.shost = display_host(addr[0])
             st.sport = header.port
+            st.key = header.key
             if dgram.base > st.submitted:
                 self._skip_to(st, dgram.base)
             keep = True
@@ -248,7 +252,7 @@ class Inbound:
             message = st.ready.pop(st.submitted)
             self._unbuffer(st, _data_size(message))
             rows.append((st.shost, st.sport, message.token, message.kind, message.data,
-                         st.sender_hex, st.submitted, message.sent))
+                         st.sender_hex, st.submitted, message.sent, st.key))
             st.submitted += 1
 
     def _submit(self, st):
@@ -286,5 +290,6 @@ class Inbound:
             return
         self.send(protocol.encode_ack(self.origin, st.peer_run, st.stream, st.committed,
                                       st.received.recent(), st.refused,
-                                      self.max_message if st.refused else 0),
+                                      self.max_message if st.refused else 0,
+                                      self.keys.get(st.key)),
                   st.addr, st.local)

@@ -59,10 +59,9 @@ class OutStream:
         self.largest_acked = 0
         self.cc = Congestion()
         self.timer = None  # when the oldest outstanding packet counts as lost
-        # the peer: its node id and run id (0: not known yet), and the cookie it gave us
+        # the peer: its node id and run id (0: not known yet)
         self.peer_node = 0
         self.peer_run = 0
-        self.cookie = 0
         self.refused = []  # (x, the peer's max_message) of messages the peer refused
         self.last_heard = None
         self.waiting_since = None  # first send without an answer since
@@ -96,10 +95,10 @@ class OutStream:
             if message is not None:
                 self._drop(message)
 
-    def build_packet(self, max_datagram, origin):
+    def build_packet(self, max_datagram, origin, cookie=0, key=None):
         """The next DATA datagram to send, or None. Records it as outstanding."""
         frames = []
-        room = max_datagram - protocol.DATA_OVERHEAD
+        room = max_datagram - protocol.DATA_OVERHEAD - protocol.SEAL_EXTRA
         while True:
             picked = self._peek()
             if picked is None:
@@ -123,8 +122,9 @@ class OutStream:
         pn = self.next_pn
         self.next_pn += 1
         datagram = protocol.encode_data(
-            origin, self.node, self.peer_run, self.id, pn, self.peer_node, self.cookie,
-            self.base, [(m.seq, f, m.nfrags, len(m.blob), m.crc, c) for m, f, c in frames])
+            origin, self.node, self.peer_run, self.id, pn, self.peer_node, cookie,
+            self.base, [(m.seq, f, m.nfrags, len(m.blob), m.crc, c) for m, f, c in frames],
+            key)
         return pn, datagram, [(m, f) for m, f, _ in frames]
 
     def _peek(self):

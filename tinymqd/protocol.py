@@ -1,8 +1,10 @@
-"""The wire format, version 2: binary, checksummed datagrams (see docs/PROTOCOL.md).
+"""The wire format, version 2: binary, checksummed or sealed datagrams (see
+docs/PROTOCOL.md).
 
-Every datagram is HEADER + body + CRC32 of everything before it. Nothing is parsed by
-delimiters; every length is explicit and checked against what arrived, and every field
-against what the receiver can represent (a datagram that does not fit is dropped).
+Every datagram is HEADER + body + CRC32 of everything before it, or, for keyed peers,
+HEADER + the body sealed (sealing.py). Nothing is parsed by delimiters; every length is
+explicit and checked against what arrived, and every field against what the receiver
+can represent (a datagram that does not fit is dropped).
 """
 
 import collections
@@ -10,6 +12,7 @@ import math
 import struct
 import zlib
 
+from tinymqd import sealing
 from tinymqd.constants import MAX_TOKEN_BYTES
 
 MAGIC = b"TMQ"
@@ -20,7 +23,7 @@ ACK = 2
 HELLO = 3
 TYPES = (DATA, ACK, HELLO)
 
-FLAG_SEALED = 0x01  # reserved for authenticated encryption with pre-shared keys
+FLAG_SEALED = 0x01  # the body is sealed with a pre-shared key (sealing.py)
 
 # magic, version, type, flags, sender's listening port, source node, source run, the
 # destination's run as the source knows it (0: not known), and a counter that numbers
@@ -39,6 +42,7 @@ HELLO_BODY = struct.Struct("!QQ")  # a stream of the destination node, cookie
 
 OVERHEAD = HEADER.size + CRC.size
 DATA_OVERHEAD = OVERHEAD + DATA_HEAD.size
+SEAL_EXTRA = sealing.OVERHEAD - CRC.size  # a sealed datagram is this much longer
 MAX_FRAGMENTS = 1 << 24
 MAX_ACK_RANGES = 32
 # What SQLite and this receiver can hold: sequence numbers, packet numbers and stream
@@ -52,7 +56,9 @@ MAX_SENT_BYTES = 0xFFFF  # the sender's ts travels with a 16-bit length
 INTEGER = struct.Struct("!q")  # INTEGER data: 64-bit signed, as SQLite stores it
 REAL = struct.Struct("!d")  # REAL data: IEEE 754 double, exactly (also +-Inf)
 
-Header = collections.namedtuple("Header", "type flags port node run peer_run counter")
+# key: the name of the key that authenticated the datagram (None: unsealed)
+Header = collections.namedtuple("Header", "type flags port node run peer_run counter key",
+                                defaults=(None,))
 Data = collections.namedtuple("Data", "header stream pn dst cookie base frames")
 Frame = collections.namedtuple("Frame", "seq frag nfrags total crc chunk")
 Ack = collections.namedtuple("Ack", "header stream committed refused limit ranges")
@@ -64,44 +70,51 @@ class BadDatagram(Exception):
     """A datagram that is not ours or not intact; str() is a short reason for counters."""
 
 
-def _seal(header, body_parts):
-    raw = b"".join([header, *body_parts])
-    return raw + CRC.pack(zlib.crc32(raw))
+class Origin(collections.namedtuple("Origin", "port node run counter sessions",
+                                    defaults=(None,))):
+    """Who sends: our listening port, node id, run id, the run's datagram counter (an
+    itertools.count shared by every thread that sends), and the session keys for
+    sealing (sealing.Sessions; None without keys)."""
+
+    def finish(self, kind, peer_run, parts, key=None, node=None):
+        """The datagram: header + body, with its CRC, or sealed with `key` (bytes).
+        node: a stream's own node id, when it is not ours (see identity.py)."""
+        counter = next(self.counter)
+        flags = 0 if key is None else FLAG_SEALED
+        header = HEADER.pack(MAGIC, VERSION, kind, flags, self.port, node or self.node,
+                             self.run, peer_run, counter)
+        if key is None:
+            raw = b"".join([header, *parts])
+            return raw + CRC.pack(zlib.crc32(raw))
+        return sealing.seal(self.sessions, key, header, b"".join(parts), self.run,
+                            peer_run, counter)
 
 
-class Origin(collections.namedtuple("Origin", "port node run counter")):
-    """Who sends: our listening port, node id, run id, and the run's datagram counter
-    (an itertools.count shared by every thread that sends)."""
-
-    def header(self, kind, peer_run, node=None):
-        """node: a stream's own node id, when it is not ours (see identity.py)."""
-        return HEADER.pack(MAGIC, VERSION, kind, 0, self.port, node or self.node, self.run,
-                           peer_run, next(self.counter))
-
-
-def encode_data(origin, node, peer_run, stream, pn, dst, cookie, base, frames):
+def encode_data(origin, node, peer_run, stream, pn, dst, cookie, base, frames, key=None):
     """frames: iterable of (seq, frag, nfrags, total, crc, chunk bytes). node: the
-    stream's node id (None: ours)."""
+    stream's node id (None: ours). key: seal with it (bytes; None: unsealed)."""
     parts = [DATA_HEAD.pack(stream, pn, dst, cookie, base)]
     for seq, frag, nfrags, total, crc, chunk in frames:
         parts.append(FRAME.pack(seq, frag, nfrags, total, crc, len(chunk)))
         parts.append(chunk)
-    return _seal(origin.header(DATA, peer_run, node), parts)
+    return origin.finish(DATA, peer_run, parts, key, node)
 
 
-def encode_ack(origin, peer_run, stream, committed, ranges, refused=0, limit=0):
+def encode_ack(origin, peer_run, stream, committed, ranges, refused=0, limit=0, key=None):
     """ranges: (low, high) packet numbers received, most recent first."""
     parts = [ACK_HEAD.pack(stream, committed, refused, limit, len(ranges))]
     parts.extend(RANGE.pack(lo, hi) for lo, hi in ranges)
-    return _seal(origin.header(ACK, peer_run), parts)
+    return origin.finish(ACK, peer_run, parts, key)
 
 
-def encode_hello(origin, peer_run, stream, cookie=0):
-    return _seal(origin.header(HELLO, peer_run), [HELLO_BODY.pack(stream, cookie)])
+def encode_hello(origin, peer_run, stream, cookie=0, key=None):
+    return origin.finish(HELLO, peer_run, [HELLO_BODY.pack(stream, cookie)], key)
 
 
-def decode(datagram):
-    """Parse and verify one datagram; raise BadDatagram with a short reason."""
+def decode(datagram, keys_for=None, sessions=None):
+    """Parse and verify one datagram; raise BadDatagram with a short reason.
+    keys_for(): the [(name, key)] that may have sealed it (None: sealed ones are
+    dropped); sessions: a sealing.Sessions."""
     if not isinstance(datagram, bytes):
         datagram = bytes(datagram)  # slices below must be immutable copies
     size = len(datagram)
@@ -113,16 +126,29 @@ def decode(datagram):
         raise BadDatagram("foreign")
     if version != VERSION:
         raise BadDatagram("older version" if version < VERSION else "unsupported version")
-    body_end = size - CRC.size
-    (crc,) = CRC.unpack_from(datagram, body_end)
-    if zlib.crc32(memoryview(datagram)[:body_end]) != crc:
-        raise BadDatagram("bad checksum")
-    if flags:
-        raise BadDatagram("sealed (no keys configured)")
     if not (0 < node <= MAX_ID and 0 < run <= MAX_ID and peer_run <= MAX_ID
             and 0 < counter <= MAX_ID and port):
         raise BadDatagram("field out of range")
-    header = Header(kind, flags, port, node, run, peer_run, counter)
+    key = None
+    if flags == FLAG_SEALED:
+        keys = keys_for() if keys_for is not None else None
+        if not keys:
+            raise BadDatagram("sealed, no key for its source")
+        try:
+            datagram, key = sealing.open_sealed(sessions, keys, datagram, HEADER.size, run,
+                                                peer_run, counter)
+        except sealing.NotAuthentic:
+            raise BadDatagram("sealed, not authentic") from None
+        datagram = bytes(HEADER.size) + datagram  # the body at its usual place
+        body_end = len(datagram)
+    elif flags:
+        raise BadDatagram("unknown flags")
+    else:
+        body_end = size - CRC.size
+        (crc,) = CRC.unpack_from(datagram, body_end)
+        if zlib.crc32(memoryview(datagram)[:body_end]) != crc:
+            raise BadDatagram("bad checksum")
+    header = Header(kind, flags, port, node, run, peer_run, counter, key)
     if kind == DATA:
         return _decode_data(header, datagram, HEADER.size, body_end)
     if kind == ACK:
@@ -228,5 +254,6 @@ def message_crc(blob):
 
 
 def chunk_size(max_datagram):
-    """Largest fragment payload so that a one-frame datagram fits max_datagram."""
-    return max_datagram - DATA_OVERHEAD - FRAME.size
+    """Largest fragment payload so that a one-frame datagram fits max_datagram, sealed
+    or not."""
+    return max_datagram - DATA_OVERHEAD - SEAL_EXTRA - FRAME.size

@@ -24,12 +24,16 @@ class CountingLog:
         if now >= self._next_log:
             self.flush(now)
 
-    def flush(self, now=None):
+    def flush(self, now=None, force=False):
+        """Log what is pending, if it is time (or force)."""
         if not self._pending:
             return
         now = time.monotonic() if now is None else now
+        if now < self._next_log and not force:
+            return
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self._pending.items()))
-        self.logger.warning("dropped %d %s (%s); last from %s", sum(self._pending.values()),
-                            self.what, reasons, self._last_source)
+        where = f"; last from {self._last_source}" if self._last_source else ""
+        self.logger.warning("dropped %d %s (%s)%s", sum(self._pending.values()),
+                            self.what, reasons, where)
         self._pending.clear()
         self._next_log = now + self.interval

@@ -19,7 +19,6 @@ MAX_BURST = 256  # datagrams read before the rows go to the writer and ACKs go o
 RECV_SIZE = 65536
 POLL_TIMEOUT_MS = 250  # wake up this often to show signs of life (the watchdog)
 HEARD_INTERVAL_S = 0.5  # tell the scheduler a peer is alive at most this often
-HELLO_INTERVAL_S = 1.0  # introduce ourselves to one address at most this often
 OLD_VERSION_LOG_S = 3600.0  # say at most this often that a peer must be upgraded
 MAX_REMEMBERED = 10000  # addresses remembered for the intervals above
 
@@ -28,11 +27,12 @@ class Receiver(Worker):
     name = "receiver"
     nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
-    def __init__(self, stopping, sock, origin, sender, inbound, scheduler_inbox):
+    def __init__(self, stopping, sock, origin, sender, gate, inbound, scheduler_inbox):
         super().__init__(stopping)
         self.sock = sock
         self.origin = origin
         self.sender = sender
+        self.gate = gate
         self.inbound = inbound
         self.inbox = scheduler_inbox
         self.dropped = CountingLog(log, "bad datagrams")
@@ -65,19 +65,18 @@ class Receiver(Worker):
 
     def handle(self, datagram, addr, local=None):
         try:
-            message = protocol.decode(datagram)
+            message = self.gate.open(datagram, addr)
         except protocol.BadDatagram as e:
             reason = str(e)
             if reason == "older version":
                 self._older_version(addr)
             self.dropped.count(reason, _where(addr))
             return
-        header = message.header
-        kind = header.type
+        kind = message.header.type
         if kind == protocol.DATA:
             self._on_data(message, addr, local)
         elif kind == protocol.ACK:
-            if header.peer_run != self.origin.run:
+            if message.header.peer_run != self.origin.run:
                 self.dropped.count("ack for another run", _where(addr))
                 return
             self.inbox.put(events.AckArrived(message, addr))
@@ -91,22 +90,17 @@ class Receiver(Worker):
             # sending to itself names itself as the destination.
             self.dropped.count("reflected", _where(addr))
             return
-        if data.dst not in (0, self.origin.node):
-            self.dropped.count("data for another node", _where(addr))
-            self._introduce(data, addr, local)
+        if not self.gate.allowed(addr):
+            self.dropped.count("not in allow", _where(addr))
+            return
+        if data.dst not in (0, self.origin.node) or not self.gate.validated(data, addr):
+            # A sender that does not know us yet (or since our restart): it learns our
+            # node, run and its cookie from a HELLO, and sends again.
+            self.gate.introduce(data, addr, local, self.sender.send)
             return
         if not self.inbound.on_data(data, addr, local):
             self.dropped.count("malformed message", _where(addr))
         self._note_heard(header, addr)
-
-    def _introduce(self, data, addr, local):
-        """Tell a sender that believes another node lives here who we are (its database
-        may have been replaced); it then resends what was not committed. The HELLO names
-        its stream, so the sender can tell it from a forgery; at most one a second per
-        address, and smaller than the DATA it answers."""
-        if self._remember(("hello", addr[0], addr[1]), time.monotonic(), HELLO_INTERVAL_S):
-            self.sender.send(protocol.encode_hello(self.origin, data.header.run, data.stream),
-                             addr, local)
 
     def _older_version(self, addr):
         if self._remember(("version", addr[0]), time.monotonic(), OLD_VERSION_LOG_S):

@@ -17,6 +17,7 @@ from tinymqd import events, protocol, store, transport
 from tinymqd.addresses import AddressBook
 from tinymqd.destination import Destinations
 from tinymqd.intake import ERROR_ROWS, Intake
+from tinymqd.ratelimit import CountingLog
 from tinymqd.wakeup import Inbox, watch_directory
 from tinymqd.worker import Worker
 
@@ -35,10 +36,11 @@ class Scheduler(Worker):
     name = "scheduler"
     nice = 5  # yields the CPU to the writer (see Worker._set_priority)
 
-    def __init__(self, stopping, cfg, origin, sender, family, writer):
+    def __init__(self, stopping, cfg, origin, sender, family, writer, peer_keys):
         super().__init__(stopping)
         self.cfg = cfg
         self.origin = origin  # our node, run and datagram counter (protocol.Origin)
+        self.peer_keys = peer_keys
         self.sender = sender
         self.family = family
         self.writer = writer
@@ -48,6 +50,7 @@ class Scheduler(Worker):
         self.dirty = set()  # destinations that may have something to load or send
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.addresses = AddressBook(family, self.inbox, self._show_error)
+        self.failures = CountingLog(log, "events that failed to be handled")
         self.handlers = {
             events.AckArrived: self._on_ack,
             events.HelloArrived: self._on_hello,
@@ -112,7 +115,10 @@ class Scheduler(Worker):
     def _handle_events(self):
         handlers = self.handlers
         for event in self.inbox.get_all():
-            handlers[type(event)](event)
+            try:
+                handlers[type(event)](event)
+            except Exception as e:  # noqa: BLE001 - one event never ends the thread
+                self.failures.count(f"{type(event).__name__}: {type(e).__name__}: {e}")
 
     # -- destinations and their rows ----------------------------------------------------
 
@@ -156,7 +162,12 @@ class Scheduler(Worker):
             self.dirty.update(self.destinations.of_target(dest))
 
     def _address_set(self, dest):
-        addr = dest.endpoint.addr
+        ep = dest.endpoint
+        addr = ep.addr
+        ep.choose_keys(self.peer_keys)
+        if ep.key is None and self.cfg.keys_required:
+            self._show_error(dest, f"no key for {ep.name} in peers, and require_key is set: "
+                                   f"add it to peers in {self.cfg.source}")
         if addr[1] == self.cfg.port and transport.is_local(addr, self.family):
             # Sending to ourselves: name our own node as the destination, since a DATA
             # datagram of ours for another node coming back to us is a reflection.
@@ -170,7 +181,9 @@ class Scheduler(Worker):
             return
         dirty, self.dirty = self.dirty, set()
         for dest in dirty:
-            if dest.endpoint.addr is None or dest.id not in self.destinations:
+            ep = dest.endpoint
+            if ep.addr is None or dest.id not in self.destinations or (
+                    ep.key is None and self.cfg.keys_required):
                 continue
             if not self.destinations.may_send(dest):
                 continue  # an older stream to the same destination goes first
@@ -190,13 +203,14 @@ class Scheduler(Worker):
             self.dirty.add(following)
 
     def _send(self, dest, now):
-        st, addr, send = dest.stream, dest.endpoint.addr, self.sender.send
+        ep, st, send = dest.endpoint, dest.stream, self.sender.send
+        addr, cookie, key = ep.addr, ep.cookie, ep.key and ep.key[1]
         origin, limit = self.origin, self.cfg.max_datagram
         while st.can_send():
             if not st.may_send_at(now):
                 heapq.heappush(self.timers, (st.cc.pace_at, dest.id, PACE))
                 break
-            packet = st.build_packet(limit, origin)
+            packet = st.build_packet(limit, origin, cookie, key)
             if packet is None:
                 break
             pn, datagram, frames = packet
@@ -237,12 +251,14 @@ class Scheduler(Worker):
         does not matter (a peer may answer from another of its addresses)."""
         ack = event.ack
         dest = self.destinations.get(ack.stream)
-        if dest is None:
+        if dest is None or not dest.endpoint.answers_with_right_key(ack.header.key):
             return
         if ack.committed > dest.assigned and dest.open:
             self._numbered_elsewhere(dest)
             return
         st = dest.stream
+        if ack.header.run not in dest.endpoint.past_runs:
+            dest.endpoint.past_runs.append(ack.header.run)
         was_unreachable = st.unreachable
         committed = st.on_ack(ack, time.monotonic())
         if was_unreachable:
@@ -280,17 +296,30 @@ class Scheduler(Worker):
         self._retire_if_done(dest)
 
     def _on_hello(self, event):
-        """The destination restarted, or tells us it is another node than we believed:
-        it names one of our streams (so it has seen our traffic)."""
+        """The destination tells us its node, run and our cookie: it restarted, or our
+        DATA did not echo its run or cookie, or it is another node than we believed. It
+        names one of our streams (so it has seen our traffic) and echoes our run, unless
+        it announces its start (then its run must be one we have not seen before: an old
+        HELLO replayed changes nothing)."""
         hello = event.hello
+        header = hello.header
         dest = self.destinations.get(hello.stream)
         if dest is None:
             return
+        ep = dest.endpoint
+        if (header.peer_run not in (0, self.origin.run)
+                or not ep.answers_with_right_key(header.key)
+                or (header.peer_run == 0 and header.run in ep.past_runs)):
+            return
+        if header.run not in ep.past_runs:
+            ep.past_runs.append(header.run)
+        if hello.cookie:
+            ep.cookie = hello.cookie
         now = time.monotonic()
-        node = hello.header.node
+        node = header.node
         for each in self.destinations.of_target(dest):
             was = each.stream.peer_node
-            if each.stream.on_hello(node, hello.header.run) == "replaced":
+            if each.stream.on_hello(node, header.run) == "replaced":
                 log.warning("destination %s is another node now (%016x, was %016x; its "
                             "database replaced?): resending what it had not committed",
                             each.name, node, was, extra={"PEER": each.name})

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS mqin (
     data,
     sender  TEXT,
     seq     INTEGER,
-    sent_ts TEXT
+    sent_ts TEXT,
+    key     TEXT
 );
 CREATE TABLE IF NOT EXISTS tinymq_meta (
     key   TEXT PRIMARY KEY,
@@ -70,7 +71,7 @@ CREATE INDEX IF NOT EXISTS mqout_stream_seq ON mqout (stream, seq)
 # added to tables made by an older tinymqd or by tinymq.pl.
 MQOUT_COLUMNS = {"host": "TEXT", "port": "INTEGER", "last_error": "TEXT",
                  "stream": "INTEGER", "seq": "INTEGER", "dhost": "TEXT", "dport": "INTEGER"}
-MQIN_COLUMNS = {"sender": "TEXT", "seq": "INTEGER", "sent_ts": "TEXT"}
+MQIN_COLUMNS = {"sender": "TEXT", "seq": "INTEGER", "sent_ts": "TEXT", "key": "TEXT"}
 REQUIRED = {"mqout": ("x", "token", "data"), "mqin": ("x", "shost", "sport", "token", "data")}
 
 

@@ -36,11 +36,11 @@ STAGED = {
     # Arrived messages in arrival order; data gets back the type it had at the sender
     # (INTEGER and REAL arrive as Python numbers, TEXT as bytes, cast here).
     "mqin": Staging("mqin", ["shost", "sport", "token", "kind", "data", "sender", "seq",
-                             "sent"], apply="""
-        INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts)
+                             "sent", "key"], apply="""
+        INSERT INTO mqin (shost, sport, token, data, sender, seq, sent_ts, key)
         SELECT shost, sport, CAST(token AS TEXT),
                CASE kind WHEN 3 THEN CAST(data AS TEXT) ELSE data END,
-               sender, seq, CAST(sent AS TEXT)
+               sender, seq, CAST(sent AS TEXT), key
         FROM temp.staged_mqin ORDER BY rowid"""),
     # How far each sender's stream is stored: same transaction as its mqin rows.
     "rx": Staging("rx", ["sender", "stream", "next_seq", "shost", "sport"],

@@ -70,3 +70,73 @@ def test_missing_file_is_an_error(tmp_path):
 def test_bad_port_argument_names_the_command_line(tmp_path):
     with pytest.raises(config.ConfigError, match="command line.*port"):
         config.load(write(tmp_path, ""), "99999")
+
+
+KEY_A = "A" * 43 + "="  # base64 of 32 bytes
+KEY_B = "B" * 43 + "="
+
+
+def key_file(tmp_path, text=f"alpha: {KEY_A}\nbeta: {KEY_B}\n", mode=0o640):
+    path = tmp_path / "keys.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_keys_and_peers_are_read_and_require_key_defaults_to_true(tmp_path):
+    keys = key_file(tmp_path)
+    cfg = config.load(write(tmp_path, f"key_file: {keys}\npeers:\n  hostB: alpha\n"
+                                      f"  '10.0.0.0/8': [beta, alpha]\n  '*': beta\n"
+                                      f"allow: ['10.0.0.0/8', '::1']\n"))
+    assert cfg.keys_required and set(cfg.keys) == {"alpha", "beta"}
+    assert cfg.peers == {"hostB": ["alpha"], "10.0.0.0/8": ["beta", "alpha"], "*": ["beta"]}
+    assert [str(n) for n in cfg.allow] == ["10.0.0.0/8", "::1/128"]
+    assert KEY_A[:20] not in repr(cfg) and "keys=" not in repr(cfg)  # keys never in logs
+    assert not config.load(write(tmp_path, f"key_file: {keys}\nrequire_key: false\n")
+                           ).keys_required
+
+
+@pytest.mark.parametrize("mode, problem", [
+    (0o644, "readable by others"), (0o660, "writable by group or others"),
+    (0o602, "writable by group or others"),
+])
+def test_a_key_file_others_may_read_or_anyone_but_its_owner_may_change_is_refused(
+        tmp_path, mode, problem):
+    keys = key_file(tmp_path, mode=mode)
+    with pytest.raises(config.ConfigError, match=problem) as e:
+        config.load(write(tmp_path, f"key_file: {keys}\n"))
+    assert keys in str(e.value) and "key_file" in str(e.value)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("short: AAAA\n", "is 3 bytes, must be 32"),
+    ("bad: '!!!'\n", "not base64"),
+    ("[a, b]\n", "must be a mapping"),
+    ("", "must be a mapping"),
+])
+def test_bad_keys_are_refused_naming_the_file(tmp_path, text, problem):
+    keys = key_file(tmp_path, text)
+    with pytest.raises(config.ConfigError, match=problem) as e:
+        config.load(write(tmp_path, f"key_file: {keys}\n"))
+    assert keys in str(e.value)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("peers:\n  hostB: gamma\n", "names key 'gamma'"),
+    ("peers:\n  hostB: []\n", "must name a key"),
+    ("peers:\n  'not a host!': alpha\n", "not a host name"),
+    ("allow: ['10.0.0.0/33']\n", "list of networks"),
+    ("allow: 10.0.0.0/8\n", "must be a list"),
+    ("require_key: 1\n", "true or false"),
+])
+def test_bad_peers_allow_and_require_key_name_the_key(tmp_path, text, problem):
+    keys = key_file(tmp_path)
+    path = write(tmp_path, f"key_file: {keys}\n{text}")
+    with pytest.raises(config.ConfigError, match=problem) as e:
+        config.load(path)
+    assert path in str(e.value)
+
+
+def test_peers_without_a_key_file_is_an_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="needs key_file"):
+        config.load(write(tmp_path, "peers:\n  hostB: alpha\n"))

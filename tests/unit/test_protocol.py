@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests.support.wire import reseal
-from tinymqd import protocol
+from tinymqd import protocol, sealing
 
 NODE_A, NODE_B = 0x1111, 0x2222
 RUN_A, RUN_B = 0xAAAA, 0xBBBB
@@ -169,10 +169,13 @@ def test_malformed_messages_are_rejected():
             protocol.decode_message(blob)
 
 
-def test_default_datagrams_fit_the_size_limit():
+def test_default_datagrams_fit_the_size_limit_sealed_or_not():
     chunk = protocol.chunk_size(1200)
-    raw = data_datagram([(5, 0, 1, chunk, 0, b"x" * chunk)])
-    assert len(raw) == 1200
+    frames = [(5, 0, 1, chunk, 0, b"x" * chunk)]
+    assert len(data_datagram(frames)) == 1200 - protocol.SEAL_EXTRA
+    sealed = protocol.encode_data(origin()._replace(sessions=sealing.Sessions()), None, RUN_B,
+                                  7, 42, NODE_B, 99, 5, frames, key=bytes(32))
+    assert len(sealed) == 1200
 
 
 @settings(max_examples=3000, deadline=None)
