@@ -73,6 +73,7 @@ class OtherConnections:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._first_seen = {}  # pid -> when F_GETLK first named it, while it names it
         self._no_wait_until = 0.0
+        self.last_busy = float("-inf")  # when busy() last found a short-lived connection
         self._watch_opens = watch_opens
         self.opens = None  # the OpenWatch, once a holder was seen
 
@@ -83,6 +84,18 @@ class OtherConnections:
         kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(self._fd, fcntl.F_GETLK, probe))
         return None if kind == fcntl.F_UNLCK else pid
 
+    def busy(self, now=None):
+        """Whether a short-lived connection of another process is open now."""
+        now = time.monotonic() if now is None else now
+        pid = self.oldest_holder()
+        if pid is None:
+            self._first_seen.clear()
+            return False
+        if self._short_lived(pid, now):
+            self.last_busy = now
+            return True
+        return False
+
     def wait_until_alone(self):
         """Wait while a short-lived connection of another process is open (at most
         MAX_WAIT); return the seconds waited."""
@@ -90,13 +103,7 @@ class OtherConnections:
         if now < self._no_wait_until:
             return 0.0
         while True:
-            pid = self.oldest_holder()
-            if pid is None:
-                self._first_seen.clear()
-                busy = False
-            else:
-                busy = self._short_lived(pid, now)
-            if not busy:
+            if not self.busy(now):
                 return now - start
             if now - start >= MAX_WAIT:
                 self._no_wait_until = now + MAX_WAIT

@@ -13,6 +13,13 @@ make it, because applications insert with the sqlite3 CLI, which waits for no lo
   held for a single call into SQLite, never across a wait for Python's GIL; the staged
   tables are emptied after COMMIT, again outside the lock (rare operations given as
   callables share a BEGIN IMMEDIATE transaction with it instead);
+- while sqlite3 CLIs insert rows one after another (other processes keep committing,
+  and one of their short-lived connections was open a moment ago), a batch of nothing
+  but deletes of delivered rows waits, up to DEFER_DELETES, until the next such
+  connection has closed: the writer takes the lock less often, and when the next CLI is
+  furthest from its INSERT (one that has not opened the file yet cannot be seen, and
+  meets the lock if the writer's hold is slowed down). CLIs further apart find the
+  writer committing at once, right after the one before them;
 - COMMIT runs with synchronous=NORMAL, which releases the lock without waiting for the
   disk; after the batch's last transaction the writer syncs the WAL file itself, once,
   outside the lock.
@@ -53,6 +60,16 @@ MAX_ROWS = 128
 # Under load, start a transaction at most this often. An idle writer starts at once, so
 # a single message is not delayed.
 MIN_GAP = 0.001
+# Deletes of delivered rows (nobody waits for them) wait at most this long for a
+# short-lived connection of another process to close (looking every LINGER_POLL), while
+# others keep writing the database (their commits seen twice in ACTIVE seconds) and
+# such a connection was open less than DEFER_DELETES ago: CLIs inserting rows one after
+# another then meet few transactions, each right after one of them has exited.
+DEFER_DELETES = 0.05
+ACTIVE = 1.0
+LINGER_POLL = 0.001
+# Other work (rows received, whose acknowledgement waits) waits as long at most.
+DEFER = 0.005
 # Errors worth waiting out: another process holds the lock, the disk is full or failing,
 # or the file became read-only (permissions being fixed). A damaged database stops the
 # daemon for good (DatabaseDamaged); anything else is a bug and stops the daemon so that
@@ -77,6 +94,8 @@ class Writer(Worker):
         self._file = None  # the database file as SQLite names it (symlinks resolved)
         self._wal = None  # (file descriptor, (device, inode)) of the WAL file
         self._last_commit = 0.0
+        self._data_version = None  # PRAGMA data_version: changes when others commit
+        self._others_wrote = (float("-inf"),) * 2  # when we last saw that they had, twice
 
     def submit(self, op=None, done=None, staged=None):
         """op: callable(conn) run inside the transaction; staged: {table: [rows]} for
@@ -103,6 +122,10 @@ class Writer(Worker):
                 if pause > 0:
                     time.sleep(pause)
                 batch, stop = self._drain(first)
+                if (not stop and time.monotonic() - others.last_busy < DEFER_DELETES
+                        and self._others_write(conn)):
+                    batch, stop = self._linger(
+                        batch, others, DEFER_DELETES if _deletes_only(batch) else DEFER)
                 if batch:
                     try:
                         for transaction in _transactions(batch):
@@ -122,6 +145,42 @@ class Writer(Worker):
             conn.close()
             if self._wal is not None:
                 os.close(self._wal[0])
+
+    def _others_write(self, conn):
+        """Whether other processes keep writing the database (one bulk INSERT does not
+        count: nothing follows it)."""
+        now = time.monotonic()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._others_wrote = (self._others_wrote[1], now)
+        return now - self._others_wrote[0] < ACTIVE
+
+    def _linger(self, batch, others, limit):
+        """Collect more submissions until another process's short-lived connection has
+        closed or `limit` seconds have passed (a submission that is not a delete ends a
+        wait for deletes: DEFER is the most it may wait)."""
+        deadline = time.monotonic() + limit
+        seen = False
+        while len(batch) < MAX_BATCH:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = self.queue.get(timeout=min(left, LINGER_POLL))
+            except queue.Empty:
+                item = None
+            if item is STOP:
+                return batch, True
+            if item is not None:
+                batch.append(item)
+                if not _deletes_only([item]):
+                    deadline = min(deadline, time.monotonic() + DEFER)
+            if others.busy():
+                seen = True
+            elif seen:
+                break  # it has just closed: the next one is furthest from its INSERT
+        return batch, False
 
     @staticmethod
     def _clear(conn, tables):
@@ -238,6 +297,12 @@ def _transactions(batch):
             run, rows = [], 0
     if run:
         yield run
+
+
+def _deletes_only(batch):
+    """Nothing but deletes of delivered rows: no callback waits for them."""
+    return bool(batch) and all(op is None and done is None and set(staged or ()) <= {"delete"}
+                               for staged, op, done in batch)
 
 
 def database_file(conn):

@@ -83,6 +83,19 @@ def test_sees_another_process_and_not_its_own_connections(db):
     assert watch.oldest_holder() is None
 
 
+def test_busy_while_a_short_lived_connection_is_open_and_remembers_when(db):
+    path, watch = db
+    assert not watch.busy() and watch.last_busy == float("-inf")
+    shell = open_shell(path)
+    try:
+        t0 = time.monotonic()
+        assert watch.busy()
+        assert watch.last_busy >= t0
+    finally:
+        close_shell(shell)
+    assert not watch.busy()
+
+
 def test_does_not_wait_when_alone_and_watches_nothing(db):
     _path, watch = db
     assert watch.wait_until_alone() == 0.0  # answered by the first F_GETLK
