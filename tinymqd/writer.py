@@ -14,12 +14,12 @@ make it, because applications insert with the sqlite3 CLI, which waits for no lo
   tables are emptied after COMMIT, again outside the lock (rare operations given as
   callables share a BEGIN IMMEDIATE transaction with it instead);
 - while sqlite3 CLIs insert rows one after another (other processes keep committing,
-  and one of their short-lived connections was open a moment ago), a batch of nothing
-  but deletes of delivered rows waits, up to DEFER_DELETES, until the next such
-  connection has closed: the writer takes the lock less often, and when the next CLI is
-  furthest from its INSERT (one that has not opened the file yet cannot be seen, and
-  meets the lock if the writer's hold is slowed down). CLIs further apart find the
-  writer committing at once, right after the one before them;
+  and one of their short-lived connections was open a moment ago), a batch waits until
+  the next such connection has closed, at most DEFER_DELETES for nothing but deletes of
+  delivered rows, DEFER for anything else: the writer takes the lock less often, and
+  when the next CLI is furthest from its INSERT (one that has not opened the file yet
+  cannot be seen, and meets the lock if the writer's hold is slowed down). CLIs further
+  apart find the writer committing at once, right after the one before them;
 - COMMIT runs with synchronous=NORMAL, which releases the lock without waiting for the
   disk; after the batch's last transaction the writer syncs the WAL file itself, once,
   outside the lock.
