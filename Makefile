@@ -52,7 +52,7 @@ test-integration: deps-test
 	$(PYTEST) tests/integration
 
 bench: deps-test
-	$(PYTHON) -m tests.bench && $(PYTHON) -m tests.bench_adversity
+	$(PYTHON) -m tests.bench && $(PYTHON) -m tests.bench_adversity && $(PYTHON) -m tests.bench_latency
 
 # The full chaos run: 20,000 + 5,000 messages through lossy, duplicating,
 # reordering relays while both daemons are SIGKILLed 40 times; prints its figures.
