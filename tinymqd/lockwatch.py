@@ -21,7 +21,8 @@ open and close the file (a CLI opens it just before it locks it and closes it af
 locks are gone), and any process that opened the file less than RESIDENT_AFTER ago and
 has not closed it is waited for. Until the watch has been there for RESIDENT_AFTER, or
 where inotify is missing, the holder F_GETLK names is taken as short-lived for
-RESIDENT_AFTER after it was first seen, and a resident one hides others.
+RESIDENT_AFTER after it was first seen (or after it started, where /proc shows that),
+and a resident one hides others.
 
 /proc/locks, which lists every holder, is never read: reading it takes the kernel's
 global file-lock semaphore for writing, which after a quiet spell waits for an RCU grace
@@ -114,7 +115,10 @@ class OtherConnections:
     def _short_lived(self, pid, now):
         """Whether the holder `pid`, or one F_GETLK cannot see, may be short-lived."""
         if pid not in self._first_seen:
-            self._first_seen = {pid: now}  # the one named before has let go
+            # The one named before has let go. A process that has run for long is no
+            # CLI about to insert (where /proc shows it: not another user's under
+            # systemd's ProtectProc=invisible).
+            self._first_seen = {pid: min(now, _started(pid, now))}
         opens = self._open_watch()
         if opens is not None and now - opens.since >= RESIDENT_AFTER:
             return opens.recent(now)
@@ -139,6 +143,20 @@ class OtherConnections:
         if self.opens is not None:
             self.opens.close()
         os.close(self._fd)
+
+
+def _started(pid, now):
+    """When process pid started, on the time.monotonic() scale; `now` if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22: starttime
+        # CLOCK_BOOTTIME, like starttime, counts from boot; monotonic may not.
+        return now - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / _TICKS)
+    except (OSError, IndexError, ValueError):
+        return now
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class OpenWatch:

@@ -204,6 +204,23 @@ def test_a_consumer_that_connected_during_a_quiet_spell_is_not_waited_for(tmp_pa
         watch.close()
 
 
+def test_a_process_that_has_run_for_long_is_not_taken_for_a_cli_at_first_sight(db):
+    """It started RESIDENT_AFTER ago or more (here /proc tells), and only now reads the
+    database: a program or shell that keeps it open, not a CLI about to insert."""
+    path, watch = db
+    shell = subprocess.Popen(["sqlite3", path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(lockwatch.RESIDENT_AFTER + 0.05)  # it runs, without a lock yet
+        shell.stdin.write("SELECT count(*) FROM mqout;\n")
+        shell.stdin.flush()
+        assert shell.stdout.readline().strip() == "0"
+        assert watch.oldest_holder() == shell.pid
+        assert watch.wait_until_alone() == 0.0
+    finally:
+        close_shell(shell)
+
+
 def test_after_a_full_wait_it_does_not_wait_for_as_long(db, monkeypatch):
     """Short-lived processes that never leave a gap must not starve the writer."""
     path, watch = db
