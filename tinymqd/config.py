@@ -9,7 +9,8 @@ import yaml
 from tinymqd import keys
 from tinymqd.constants import (DEFAULT_BIND, DEFAULT_CONFIG_FILE, DEFAULT_DATABASE,
                                DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
-                               DEFAULT_PORT, DEFAULT_RETRY_MAX_S, LOG_LEVELS)
+                               DEFAULT_PORT, DEFAULT_RETRY_MAX_S, LOG_LEVELS,
+                               MIN_DATAGRAM_BYTES)
 
 
 class ConfigError(Exception):
@@ -70,7 +71,9 @@ def _check_retry_max(value):
 
 
 def _check_datagram(value):
-    return None if 512 <= value <= 65000 else "must be between 512 and 65000 bytes"
+    if MIN_DATAGRAM_BYTES <= value <= 65000:
+        return None
+    return f"must be between {MIN_DATAGRAM_BYTES} and 65000 bytes"
 
 
 def _check_message(value):

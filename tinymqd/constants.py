@@ -10,6 +10,7 @@ DEFAULT_BIND = "::"
 DEFAULT_RETRY_MAX_S = 1.0  # cap of the retransmission backoff
 # Below the IPv6 minimum MTU (1280) less headers: nothing relies on IP fragmentation.
 DEFAULT_MAX_DATAGRAM_BYTES = 1200
+MIN_DATAGRAM_BYTES = 512  # the smallest max_datagram allowed
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # largest data value, sent or accepted
 
 MAX_TOKEN_BYTES = 65535  # a token longer than this is not sent (a row problem)

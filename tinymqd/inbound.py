@@ -9,17 +9,26 @@ Packet numbers are acknowledged on receipt (they steer the sender's window); onl
 committed point lets the sender delete rows.
 """
 
+import collections
 import threading
+import time
 
 from tinymqd import protocol
-from tinymqd.constants import DEFAULT_MAX_MESSAGE_BYTES, MAX_TOKEN_BYTES
+from tinymqd.budget import FRAGMENT_COST, MESSAGE_COST, PARTIAL_COST, STREAM_COST, Budget
+from tinymqd.constants import DEFAULT_MAX_MESSAGE_BYTES, MAX_TOKEN_BYTES, MIN_DATAGRAM_BYTES
 from tinymqd.transport import display_host
 from tinymqd.writer import MAX_ROWS
 
 
 MAX_ACK_RANGES = 32
 KEEP_RANGES = 64
-BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for out-of-order and partial messages
+BUFFER_LIMIT = 64 * 1024 * 1024  # bytes held for streams, early and partial messages
+SOURCE_SLACK = 1024 * 1024  # one address may hold its largest message and this much
+MAX_STREAMS = 10000  # streams held in memory (idle ones are forgotten first) ...
+MAX_SOURCE_STREAMS = 256  # ... and per source address
+PARTIAL_IDLE_S = 60.0  # a message no fragment came for in this long is dropped
+STREAM_IDLE_S = 600.0  # an idle stream is forgotten after this long (tinymq_rx keeps it)
+SWEEP_INTERVAL_S = 5.0
 # A message carries, besides its data, a token, the sender's ts and a header.
 MESSAGE_EXTRA = MAX_TOKEN_BYTES + protocol.MAX_SENT_BYTES + protocol.MESSAGE_HEAD.size
 
@@ -70,12 +79,14 @@ class Partial:
     fragment count, length and CRC-32: a fragment of another version of the message (the
     row was updated, the sender restarted) never mixes with these."""
 
-    __slots__ = ("nfrags", "total", "crc", "chunks", "size")
+    __slots__ = ("nfrags", "total", "crc", "chunks", "size", "cost", "touched")
 
-    def __init__(self, frame):
+    def __init__(self, frame, now):
         self.nfrags, self.total, self.crc = frame.nfrags, frame.total, frame.crc
         self.chunks = {}  # fragment index -> chunk
         self.size = 0
+        self.cost = PARTIAL_COST  # charged to the sender's budget
+        self.touched = now
 
     def same_message(self, frame):
         return (self.nfrags, self.total, self.crc) == (frame.nfrags, frame.total, frame.crc)
@@ -84,23 +95,23 @@ class Partial:
         return b"".join(self.chunks[i] for i in range(self.nfrags))
 
 
-def _data_size(message):
-    return len(message.data) if isinstance(message.data, bytes) else 8
+def _message_cost(message):
+    return MESSAGE_COST + (len(message.data) if isinstance(message.data, bytes) else 0)
 
 
 class InboundStream:
     __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
                  "rows", "received", "peer_run", "addr", "local", "shost", "sport",
-                 "buffered", "refused", "key")
+                 "source", "cost", "refused", "key", "active")
 
-    def __init__(self, sender, stream, committed):
+    def __init__(self, sender, stream, committed, source):
         self.sender = sender
         self.sender_hex = f"{sender:016x}"  # as mqin.sender shows it
         self.stream = stream
         self.committed = committed
         self.submitted = committed
         self.partial = {}  # seq -> Partial
-        self.ready = {}  # seq -> Message, complete but waiting for an earlier one
+        self.ready = {}  # seq -> (Message, cost), complete but waiting for an earlier one
         self.rows = []  # next in order, for the writer at the end of this burst
         self.received = RangeSet()
         self.peer_run = 0
@@ -108,9 +119,16 @@ class InboundStream:
         self.local = None  # ... from the address they arrived at
         self.shost = None
         self.sport = None
-        self.buffered = 0
+        self.source = source  # the address its memory is charged to
+        self.cost = 0  # charged for it: itself, partial and ready messages, rows on the way
         self.refused = 0  # a sequence number we will not store (too large); 0: none
         self.key = None  # name of the key its datagrams are sealed with (None: unsealed)
+        self.active = 0.0  # when a datagram last came
+
+    def idle(self):
+        """Nothing held and nothing on its way to the disk: it can be forgotten."""
+        return (not self.partial and not self.ready and not self.rows
+                and self.submitted == self.committed and self.cost <= STREAM_COST)
 
 
 class Inbound:
@@ -125,25 +143,31 @@ class Inbound:
         self.max_message = max_message
         # A message is at most max_message of data plus its token and header.
         self.message_limit = max_message + MESSAGE_EXTRA
-        self.buffer_limit = max(BUFFER_LIMIT, 2 * self.message_limit)
+        # One address may hold its largest message, in the smallest fragments a sender
+        # makes (max_datagram 512), and a little more.
+        fragments = -(-self.message_limit // protocol.chunk_size(MIN_DATAGRAM_BYTES))
+        share = self.message_limit + fragments * FRAGMENT_COST + SOURCE_SLACK
+        self.budget = Budget(max(BUFFER_LIMIT, 2 * share), share)
         self.lock = threading.Lock()
-        self.streams = {}
+        self.streams = collections.OrderedDict()  # least recently heard from first
+        self.streams_of = collections.Counter()  # source address -> streams held
         self.known = known  # (sender, stream) -> committed, from tinymq_rx
         self.dirty = set()
-        self.buffered = 0
         self.committed_messages = 0
+        self.refused_streams = 0  # new streams not taken: too many already
+        self.next_sweep = 0.0
 
     def on_data(self, dgram, addr, local=None):
-        """Take one DATA datagram that arrived at `local`; returns False if a malformed
-        message was found."""
+        """Take one DATA datagram that arrived at `local`, from a validated sender;
+        returns False if a malformed message was found."""
         header = dgram.header
-        key = (header.node, dgram.stream)
+        now = time.monotonic()
         ok = True
         with self.lock:
-            st = self.streams.get(key)
+            st = self._stream(header.node, dgram.stream, addr[0], now)
             if st is None:
-                st = InboundStream(header.node, dgram.stream, self.known.pop(key, 0))
-                self.streams[key] = st
+                return True  # too many streams: not taken (not acknowledged) for now
+            st.active = now
             if header.run != st.peer_run:
                 # The sender restarted: its packet numbers start afresh.
                 st.peer_run = header.run
@@ -157,9 +181,9 @@ class Inbound:
                 self._skip_to(st, dgram.base)
             keep = True
             for frame in dgram.frames:
-                result = self._take_frame(st, frame)
+                result = self._take_frame(st, frame, now)
                 if result is None:
-                    keep = False  # dropped for lack of buffer: do not claim receipt
+                    keep = False  # dropped for lack of memory: do not claim receipt
                 elif result is False:
                     ok = False
             if keep:
@@ -168,74 +192,127 @@ class Inbound:
             self.dirty.add(st)
         return ok
 
+    # -- memory ------------------------------------------------------------------------
+
+    def _stream(self, node, stream, source, now):
+        key = (node, stream)
+        st = self.streams.get(key)
+        if st is not None:
+            self.streams.move_to_end(key)
+            return st
+        if (len(self.streams) >= MAX_STREAMS or self.streams_of[source] >= MAX_SOURCE_STREAMS
+                or not self.budget.fits(source, STREAM_COST)) and not self._evict(source):
+            self.refused_streams += 1
+            return None
+        st = self.streams[key] = InboundStream(node, stream, self.known.pop(key, 0), source)
+        self.streams_of[source] += 1
+        self._charge(st, STREAM_COST)
+        return st
+
+    def _evict(self, source):
+        """Forget the idle stream heard from longest ago (of this source first, when it
+        is at its share); True if one was."""
+        crowded = self.streams_of[source] >= MAX_SOURCE_STREAMS
+        for st in self.streams.values():
+            if st.idle() and st not in self.dirty and (not crowded or st.source == source):
+                self._forget(st)
+                return True
+        return False
+
+    def _forget(self, st):
+        del self.streams[(st.sender, st.stream)]
+        self.streams_of[st.source] -= 1
+        if not self.streams_of[st.source]:
+            del self.streams_of[st.source]
+        if st.committed:
+            self.known[(st.sender, st.stream)] = st.committed  # it is in tinymq_rx too
+        self._charge(st, -st.cost)
+
+    def _charge(self, st, cost):
+        st.cost += cost
+        if cost >= 0:
+            self.budget.charge(st.source, cost)
+        else:
+            self.budget.release(st.source, -cost)
+
+    def sweep(self, now):
+        """Drop partial messages no fragment came for in PARTIAL_IDLE_S (the sender sends
+        them again) and streams idle for STREAM_IDLE_S."""
+        with self.lock:
+            for st in list(self.streams.values()):
+                for seq in [s for s, p in st.partial.items()
+                            if now - p.touched > PARTIAL_IDLE_S]:
+                    self._charge(st, -st.partial.pop(seq).cost)
+                if st.idle() and st not in self.dirty and now - st.active > STREAM_IDLE_S:
+                    self._forget(st)
+
+    # -- messages --------------------------------------------------------------------------
+
     def _skip_to(self, st, base):
         """The sender says everything below `base` is delivered or cancelled."""
         for seq in [s for s in st.partial if s < base]:
-            self._unbuffer(st, st.partial.pop(seq).size)
+            self._charge(st, -st.partial.pop(seq).cost)
         for seq in [s for s in st.ready if s < base]:
-            self._unbuffer(st, _data_size(st.ready.pop(seq)))
+            self._charge(st, -st.ready.pop(seq)[1])
         st.submitted = base
         st.committed = max(st.committed, base)
         if st.refused < base:
             st.refused = 0
 
-    def _unbuffer(self, st, size):
-        st.buffered -= size
-        self.buffered -= size
-
-    def _take_frame(self, st, frame):
+    def _take_frame(self, st, frame, now):
         """True if stored or already known, None if no room, False if malformed."""
         seq = frame.seq
         if seq < st.submitted or seq in st.ready or seq == st.refused:
             return True  # a duplicate: the acknowledgement will repeat what we have
         if frame.total > self.message_limit:
             return self._refuse(st, seq)
-        # Early messages wait in memory, within a budget; the next one in order is
-        # always taken (else a full buffer could wait for it for ever).
-        room = self.buffered <= self.buffer_limit or seq == st.submitted
+        next_in_order = seq == st.submitted
         if frame.nfrags == 1:  # the common case: a whole message in one frame
-            return self._complete(st, seq, frame.chunk, frame.crc, 0) if room else None
+            if not self.budget.fits(st.source, MESSAGE_COST + frame.total, next_in_order):
+                return None
+            return self._complete(st, seq, frame.chunk, frame.crc, 0)
         part = st.partial.get(seq)
         if part is not None and not part.same_message(frame):
             del st.partial[seq]  # another version of it: start again with that one
-            self._unbuffer(st, part.size)
+            self._charge(st, -part.cost)
             part = None
-        if part is None:
-            if not room:
-                return None
-            part = st.partial[seq] = Partial(frame)
-        if frame.frag in part.chunks:
+        if frame.frag in (part.chunks if part is not None else ()):
             return True
-        size = len(frame.chunk)
-        if part.size + size > part.total:
+        cost = FRAGMENT_COST + len(frame.chunk) + (PARTIAL_COST if part is None else 0)
+        if not self.budget.fits(st.source, cost, next_in_order):
+            return None
+        if part is None:
+            part = st.partial[seq] = Partial(frame, now)
+            self._charge(st, PARTIAL_COST)
+        if part.size + len(frame.chunk) > part.total:
             del st.partial[seq]
-            self._unbuffer(st, part.size)
+            self._charge(st, -part.cost)
             return False  # more than the message's own length: not a real one
         part.chunks[frame.frag] = frame.chunk
-        part.size += size
-        st.buffered += size
-        self.buffered += size
+        part.size += len(frame.chunk)
+        part.touched = now
+        part.cost += FRAGMENT_COST + len(frame.chunk)
+        self._charge(st, FRAGMENT_COST + len(frame.chunk))
         if len(part.chunks) < part.nfrags:
             return True
         del st.partial[seq]
-        return self._complete(st, seq, part.join(), part.crc, part.size)
+        return self._complete(st, seq, part.join(), part.crc, part.cost)
 
-    def _complete(self, st, seq, blob, crc, buffered):
-        """A whole message arrived; keep it until all earlier ones are in."""
+    def _complete(self, st, seq, blob, crc, charged):
+        """A whole message arrived; keep it until all earlier ones are in. `charged`:
+        what its fragments cost (released; the message is charged instead)."""
+        self._charge(st, -charged)
         try:
             if protocol.message_crc(blob) != crc:
                 raise protocol.BadDatagram("message checksum")
             message = protocol.decode_message(blob)
         except protocol.BadDatagram:
-            self._unbuffer(st, buffered)
             return False  # counted and logged at a limited rate by the receiver
         if isinstance(message.data, bytes) and len(message.data) > self.max_message:
-            self._unbuffer(st, buffered)
             return self._refuse(st, seq)
-        size = _data_size(message)
-        st.buffered += size - buffered
-        self.buffered += size - buffered
-        st.ready[seq] = message
+        cost = _message_cost(message)
+        self._charge(st, cost)
+        st.ready[seq] = (message, cost)
         return True
 
     def _refuse(self, st, seq):
@@ -246,11 +323,11 @@ class Inbound:
         return True
 
     def _take_ready(self, st):
-        """Move the messages that are next in order to the rows for the writer."""
+        """Move the messages that are next in order to the rows for the writer (they
+        stay charged until they are on disk)."""
         rows = st.rows
         while st.submitted in st.ready:
-            message = st.ready.pop(st.submitted)
-            self._unbuffer(st, _data_size(message))
+            message, cost = st.ready.pop(st.submitted)
             rows.append((st.shost, st.sport, message.token, message.kind, message.data,
                          st.sender_hex, st.submitted, message.sent, st.key))
             st.submitted += 1
@@ -266,9 +343,12 @@ class Inbound:
 
     def _submit_rows(self, st, rows, upto):
         rx = (st.sender, st.stream, upto, st.shost, st.sport)
+        cost = sum(MESSAGE_COST + (len(row[4]) if isinstance(row[4], bytes) else 0)
+                   for row in rows)
 
         def done():
             with self.lock:
+                self._charge(st, -cost)  # on disk now
                 self.committed_messages += len(rows)
                 if upto > st.committed:
                     st.committed = upto
@@ -284,6 +364,10 @@ class Inbound:
                 self._submit(st)
                 self._send_ack(st)
             self.dirty.clear()
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_INTERVAL_S
+            self.sweep(now)
 
     def _send_ack(self, st):
         if st.addr is None:

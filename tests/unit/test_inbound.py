@@ -3,10 +3,12 @@
 import itertools
 import sqlite3
 import threading
+import time
 
 import pytest
 
-from tinymqd import protocol, store
+from tinymqd import inbound as inbound_module, protocol, store
+from tinymqd.budget import STREAM_COST
 from tinymqd.inbound import Inbound, RangeSet
 from tinymqd.writer import Writer
 
@@ -188,3 +190,46 @@ def test_rangeset_merges_and_stays_bounded():
     for pn in range(100, 1000, 2):
         r.add(pn)
     assert len(r.ranges) <= 64 and r.recent()[0] == (998, 998)
+
+
+def test_memory_is_charged_to_its_source_and_bounded(harness):
+    """Early fragments of large messages from one address: what it may hold is bounded
+    by its share, however many streams or messages it uses; another source still has
+    room, and everything is released once the messages are stored or dropped."""
+    inbound = harness.inbound
+    blob = protocol.encode_message(protocol.KIND_BLOB, None, b"", b"z" * 9000)
+    accepted = 0
+    for stream in range(1, 200):
+        for seq in range(2, 6):  # never the next in order: they wait in memory
+            frames = fragments(seq, blob)[:-1]
+            for i, frame in enumerate(frames):
+                accepted += harness.data(stream * 100 + seq * 10 + i, [frame], stream=stream)
+    share = inbound.budget.source_limit
+    assert inbound.budget.by_source[ADDR[0]] <= share
+    assert inbound.budget.total <= inbound.budget.total_limit + share
+    other = ("127.0.0.2", 9001)
+    raw = protocol.encode_data(protocol.Origin(9001, SENDER + 1, 5, itertools.count(1)), None,
+                               1, 1, 1, ME, 0, 1, [msg(1, "from elsewhere")])
+    inbound.on_data(protocol.decode(raw), other)
+    inbound.flush()
+    harness.wait_committed(2)
+    assert ("from elsewhere",) in [row[1:] for row in harness.mqin()]
+    inbound.sweep(time.monotonic() + 10 ** 6)  # long idle: partials and idle streams go
+    assert inbound.budget.total == 0 and not inbound.budget.by_source
+
+
+def test_streams_per_source_are_capped_and_idle_ones_make_room(harness, monkeypatch):
+    monkeypatch.setattr(inbound_module, "MAX_SOURCE_STREAMS", 3)
+    inbound = harness.inbound
+    for stream in (1, 2, 3):
+        harness.data(1, [msg(1, f"s{stream}")], stream=stream)
+    harness.wait_committed(2)
+    with harness.done:
+        harness.done.wait_for(lambda: inbound.budget.total == 3 * STREAM_COST, timeout=5)
+    harness.data(1, [msg(1, "s4")], stream=4)  # the longest idle one is forgotten
+    assert len(inbound.streams) == 3
+    blob = protocol.encode_message(protocol.KIND_BLOB, None, b"", b"y" * 3000)
+    for stream in (5, 6):  # busy streams (a partial message each) are never forgotten
+        harness.data(1, fragments(1, blob)[:1], stream=stream)
+    harness.data(1, [msg(1, "s7")], stream=7)
+    assert (SENDER, 7) not in inbound.streams and inbound.refused_streams >= 1
