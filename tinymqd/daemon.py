@@ -32,6 +32,7 @@ START_DEADLINE_S = 10.0  # for every worker to report that it runs
 HEARTBEAT_LIMIT_S = 10.0  # a worker silent this long is stuck: stop feeding the watchdog
 SUPERVISE_INTERVAL_S = 1.0  # how often the main thread looks at the workers
 HELLO_WITHIN_DAYS = 30  # peers that sent to us within this many days hear we are back
+PEERS_REFRESH_S = 60.0  # host names in `peers` are looked up again this often
 SWITCH_INTERVAL_S = 0.0002
 RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
 
@@ -129,6 +130,7 @@ class Daemon:
     def _supervise(self):
         watchdog = _watchdog_interval()
         next_status = time.monotonic() + STATUS_INTERVAL_S
+        next_peers = time.monotonic() + PEERS_REFRESH_S
         stuck_logged = False
         while not self.stopping.wait(min(SUPERVISE_INTERVAL_S,
                                          watchdog or SUPERVISE_INTERVAL_S)):
@@ -144,10 +146,18 @@ class Daemon:
                     log.error("worker(s) %s not responding; no longer feeding the watchdog",
                               ", ".join(stuck))
                     stuck_logged = True
+            if now >= next_peers and self.peer_keys.by_name:
+                next_peers = now + PEERS_REFRESH_S
+                threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL_S
                 self.notifier.notify("STATUS=" + self._status())
         return self._stop(0)
+
+    def _refresh_peers(self):
+        """Look up the host names in `peers` again (their addresses may move)."""
+        self.peer_keys.refresh()
+        self.gate.refresh_keys()
 
     def _failed(self):
         failed = [w for w in self.workers if w.failure is not None or not w.is_alive()]
