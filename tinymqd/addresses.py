@@ -9,6 +9,7 @@ import logging
 import time
 
 from tinymqd import events, transport
+from tinymqd.logsetup import fields
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -105,12 +106,12 @@ class AddressBook:
             return False
         if ep.error:
             log.info("host %s resolves again (%s)", ep.name, addr[0],
-                     extra={"PEER": ep.name})
+                     extra=fields(peer=ep.name))
             ep.error = None
             self.show_error(dest, None)
         elif ep.addr is not None and ep.addr[:2] != addr[:2]:
             log.info("destination %s moved from %s to %s", ep.name, ep.addr[0], addr[0],
-                     extra={"PEER": ep.name})
+                     extra=fields(peer=ep.name))
         ep.addr = addr
         ep.next_resolve = time.monotonic() + RERESOLVE_INTERVAL_S
         return True
@@ -123,7 +124,7 @@ class AddressBook:
         ep.next_resolve = time.monotonic() + wait
         if ep.error is None and ep.addr is None:
             log.warning("cannot resolve destination %s: %s; rows wait and it is tried again",
-                        ep.name, reason, extra={"PEER": ep.name})
+                        ep.name, reason, extra=fields(peer=ep.name))
         ep.error = reason
         if ep.addr is None:
             self.show_error(dest, f"host {ep.host!r} does not resolve ({reason}); retrying")
@@ -154,10 +155,10 @@ class AddressBook:
                        f"traffic (check that both have this key in key_file and peers)")
         log.warning("destination %s is not answering%s; retrying every %.1f s", ep.name,
                     "" if ep.key is None else f" traffic sealed with key '{ep.key[0]}' "
-                    f"(check the keys on both sides)", retry_max, extra={"PEER": ep.name})
+                    f"(check the keys on both sides)", retry_max, extra=fields(peer=ep.name))
         self.show_error(dest, f"{problem}; retrying")
 
     def back(self, dest):
         log.info("destination %s is back", dest.endpoint.name,
-                 extra={"PEER": dest.endpoint.name})
+                 extra=fields(peer=dest.endpoint.name))
         self.show_error(dest, None)

@@ -60,7 +60,7 @@ class Daemon:
             log.warning("database %s was copied or restored (it was bound to another host "
                         "or file): this node is %016x now, was %016x; queued rows keep their "
                         "numbers and are delivered once", self.cfg.database, identity.node,
-                        identity.previous, extra={"TINYMQ_NODE": f"{identity.node:016x}"})
+                        identity.previous, extra=logsetup.fields(node=identity.node))
         try:
             return self._serve(identity.node, sock)
         finally:
@@ -102,7 +102,7 @@ class Daemon:
         address = sock.getsockname()
         log.info("tinymqd %s started: node %016x, listening on UDP [%s]:%d, database %s, "
                  "config %s", __version__, node, address[0], address[1], cfg.database,
-                 cfg.source, extra={"TINYMQ_NODE": f"{node:016x}"})
+                 cfg.source, extra=logsetup.fields(node=node))
         self._announce()
         self.notifier.notify("READY=1\nSTATUS=" + self._status())
         return self._supervise()

@@ -39,6 +39,20 @@ def setup(level="info"):
     return root
 
 
+def fields(peer=None, stream=None, node=None):
+    """Structured journal fields of a log line about a peer, a stream or a node, for
+    `logging`'s extra=: journalctl -u tinymq TINYMQ_PEER=hostB:9000 finds the lines of
+    one peer."""
+    out = {}
+    if peer is not None:
+        out["TINYMQ_PEER"] = peer
+    if stream is not None:
+        out["TINYMQ_STREAM"] = f"{stream:016x}"
+    if node is not None:
+        out["TINYMQ_NODE"] = f"{node:016x}"
+    return out
+
+
 def fatal(message):
     """A start-up failure: one line on stderr (the unit's stream carries it to the
     journal with the unit's name even when the process exits at once)."""

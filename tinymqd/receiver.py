@@ -9,6 +9,7 @@ import select
 import time
 
 from tinymqd import __version__, events, protocol, transport
+from tinymqd.logsetup import fields
 from tinymqd.ratelimit import CountingLog
 from tinymqd.transport import format_endpoint
 from tinymqd.worker import Worker
@@ -106,7 +107,7 @@ class Receiver(Worker):
         if self._remember(("version", addr[0]), time.monotonic(), OLD_VERSION_LOG_S):
             log.warning("%s speaks an older tinymq protocol and must be upgraded to tinymqd "
                         "%s; rows to it wait until then", _where(addr), __version__,
-                        extra={"TINYMQ_PEER": _where(addr)})
+                        extra=fields(peer=_where(addr)))
 
     def _note_heard(self, header, addr):
         now = time.monotonic()

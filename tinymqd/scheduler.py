@@ -17,6 +17,7 @@ from tinymqd import events, protocol, store, transport
 from tinymqd.addresses import AddressBook
 from tinymqd.destination import Destinations
 from tinymqd.intake import ERROR_ROWS, Intake
+from tinymqd.logsetup import fields
 from tinymqd.ratelimit import CountingLog
 from tinymqd.wakeup import Inbox, watch_directory
 from tinymqd.worker import Worker
@@ -278,7 +279,7 @@ class Scheduler(Worker):
                 f"shorten the data or raise max_message there, then UPDATE the row", x)])
         log.warning("%s refused %d message(s) larger than its max_message; they stay in "
                     "mqout with last_error", dest.name, len(dest.stream.refused),
-                    extra={"PEER": dest.name})
+                    extra=fields(peer=dest.name, stream=dest.id))
         dest.stream.refused.clear()
 
     def _numbered_elsewhere(self, dest):
@@ -288,7 +289,7 @@ class Scheduler(Worker):
         log.warning("destination %s has messages of stream %016x that this node never "
                     "numbered (a clone of this database runs elsewhere?); moving the rows "
                     "waiting in it to a new stream", dest.name, dest.id,
-                    extra={"PEER": dest.name})
+                    extra=fields(peer=dest.name, stream=dest.id))
         dest.open = False
         dest.stream.cancel(list(dest.stream.messages))
         dest.stream.load_from = dest.assigned
@@ -322,7 +323,7 @@ class Scheduler(Worker):
             if each.stream.on_hello(node, header.run) == "replaced":
                 log.warning("destination %s is another node now (%016x, was %016x; its "
                             "database replaced?): resending what it had not committed",
-                            each.name, node, was, extra={"PEER": each.name})
+                            each.name, node, was, extra=fields(peer=each.name, stream=each.id))
             self._wake(each, now)
 
     def _on_heard(self, event):
@@ -357,5 +358,5 @@ class Scheduler(Worker):
         if gone:
             st.cancel(gone)
             log.info("%d message(s) to %s cancelled (deleted from mqout)",
-                     len(gone), dest.name, extra={"PEER": dest.name})
+                     len(gone), dest.name, extra=fields(peer=dest.name, stream=dest.id))
             self.dirty.add(dest)

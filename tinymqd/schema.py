@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS tinymq_rx (
 CREATE TABLE IF NOT EXISTS tinymq_moved (
     stream INTEGER,
     seq    INTEGER
+);
+CREATE TABLE IF NOT EXISTS tinymq_holds (
+    host  TEXT NOT NULL,
+    port  INTEGER,
+    since DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE (host, port)
 )
 """
 # Streams (see numbering.py): `node` numbered it, `open` while rows are numbered into it
