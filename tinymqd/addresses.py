@@ -49,6 +49,23 @@ class Endpoint:
         self.key = pairs[0] if pairs else None
         self.key_names = frozenset(name for name, _ in pairs)
 
+    def heard_run(self, run):
+        if run not in self.past_runs:
+            self.past_runs.append(run)
+
+    def take_hello(self, hello, our_run):
+        """Whether a HELLO naming one of our streams is a real answer: sealed as we seal,
+        echoing our run, or announcing a start with a run not seen before (a replayed old
+        one changes nothing). Takes its cookie."""
+        header = hello.header
+        if (header.peer_run not in (0, our_run) or not self.answers_with_right_key(header.key)
+                or (header.peer_run == 0 and header.run in self.past_runs)):
+            return False
+        self.heard_run(header.run)
+        if hello.cookie:
+            self.cookie = hello.cookie
+        return True
+
     def answers_with_right_key(self, key_name):
         """An answer sealed as we seal to it (or unsealed, when we do not seal)."""
         return key_name in self.key_names if self.key else key_name is None

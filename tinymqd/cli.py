@@ -46,9 +46,9 @@ def main(argv=None):
             store.initialize(cfg.database)
         except store.StoreError as e:
             logsetup.fatal(str(e))
-            return 1
+            return e.exit_status
         print(f"{cfg.database}: tables ready")
         return 0
     from tinymqd.daemon import Daemon  # after validation: --check-config needs no more
 
-    return Daemon(cfg).run()
+    return Daemon(cfg, lambda: config.load(args.config, args.port, args.database)).run()

@@ -7,7 +7,8 @@ import os
 import yaml
 
 from tinymqd import keys
-from tinymqd.constants import (DEFAULT_BIND, DEFAULT_CONFIG_FILE, DEFAULT_DATABASE,
+from tinymqd.constants import (DEFAULT_BIND, DEFAULT_CONFIG_FILE, DEFAULT_CONTROL_SOCKET,
+                               DEFAULT_DATABASE,
                                DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
                                DEFAULT_PORT, DEFAULT_RETRY_MAX_S, LOG_LEVELS,
                                MIN_DATAGRAM_BYTES)
@@ -30,6 +31,7 @@ class Config:
     key_file: str = None
     peers: dict = None  # as written: entry -> [key names]
     require_key: bool = None  # None: when key_file is set
+    control_socket: str = DEFAULT_CONTROL_SOCKET  # where `tinymq` finds the daemon
     source: str = "built-in defaults"  # where the settings came from, for log lines
     keys: dict = dataclasses.field(default=None, repr=False)  # name -> key, from key_file
 
@@ -106,7 +108,10 @@ _SCHEMA = {
     "key_file": ((str,), _check_path),
     "peers": ((dict,), _check_nothing),  # checked against the key file, in _with_keys
     "require_key": ((bool,), _check_nothing),
+    "control_socket": ((str,), _check_path),
 }
+# What a reload cannot change in a running daemon (systemctl restart does).
+NEEDS_RESTART = ("port", "bind", "database", "max_datagram", "max_message", "control_socket")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", bool: "true or false"}

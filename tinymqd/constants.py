@@ -7,6 +7,7 @@ DEFAULT_CONFIG_FILE = "/etc/tinymq.yaml"
 DEFAULT_DATABASE = "/var/lib/tinymq/tinymq.db"
 DEFAULT_PORT = 9000  # also the port of a mqout row whose port is NULL
 DEFAULT_BIND = "::"
+DEFAULT_CONTROL_SOCKET = "/run/tinymq/control"  # the unit's RuntimeDirectory
 DEFAULT_RETRY_MAX_S = 1.0  # cap of the retransmission backoff
 # Below the IPv6 minimum MTU (1280) less headers: nothing relies on IP fragmentation.
 DEFAULT_MAX_DATAGRAM_BYTES = 1200

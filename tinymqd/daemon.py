@@ -5,6 +5,7 @@ database is ready and every worker runs; STATUS= every few seconds; WATCHDOG=1 o
 every worker shows signs of life; STOPPING=1 on the way out.
 """
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -17,7 +18,8 @@ import time
 
 import sdnotify
 
-from tinymqd import __version__, logsetup, protocol, sealing, store, transport
+from tinymqd import (__version__, config, control, events, logsetup, protocol, sealing, store,
+                     transport)
 from tinymqd.gate import Gate
 from tinymqd.inbound import Inbound
 from tinymqd.receiver import Receiver
@@ -35,12 +37,16 @@ HELLO_WITHIN_DAYS = 30  # peers that sent to us within this many days hear we ar
 PEERS_REFRESH_S = 60.0  # host names in `peers` are looked up again this often
 SWITCH_INTERVAL_S = 0.0002
 RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
+ASK_TIMEOUT_S = 2.0  # for the sending thread to answer the control socket
 
 
 class Daemon:
-    def __init__(self, cfg):
+    def __init__(self, cfg, load_config=None):
         self.cfg = cfg
+        self.load_config = load_config  # reads the configuration again (SIGHUP)
         self.stopping = threading.Event()
+        self.reload_wanted = False
+        self.started = time.time()
         self.notifier = sdnotify.SystemdNotifier()
 
     def run(self):
@@ -55,7 +61,7 @@ class Daemon:
             log.error("%s", e)
             if logsetup.stderr_is_journal():
                 logsetup.fatal(str(e))
-            return 1
+            return getattr(e, "exit_status", 1)
         if identity.previous is not None:
             log.warning("database %s was copied or restored (it was bound to another host "
                         "or file): this node is %016x now, was %016x; queued rows keep their "
@@ -87,8 +93,12 @@ class Daemon:
         self.workers = [writer, scheduler, receiver]
         self.writer, self.scheduler, self.inbound, self.receiver = (
             writer, scheduler, inbound, receiver)
+        control = self._control()
+        if control is not None:
+            self.workers.append(control)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
         for worker in self.workers:
             worker.start()
         deadline = time.monotonic() + START_DEADLINE_S
@@ -146,6 +156,9 @@ class Daemon:
                     log.error("worker(s) %s not responding; no longer feeding the watchdog",
                               ", ".join(stuck))
                     stuck_logged = True
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self._reload()
             if now >= next_peers and self.peer_keys.by_name:
                 next_peers = now + PEERS_REFRESH_S
                 threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
@@ -153,6 +166,78 @@ class Daemon:
                 next_status = now + STATUS_INTERVAL_S
                 self.notifier.notify("STATUS=" + self._status())
         return self._stop(0)
+
+    # -- the control socket (tinymq status, flush, hold) --------------------------------
+
+    def _control(self):
+        """The control socket's thread, or None (then `tinymq status` shows what the
+        database alone can tell)."""
+        path = self.cfg.control_socket
+        try:
+            sock = control.bind(path)
+        except control.ControlError as e:
+            log.warning("no control socket: %s; `tinymq status` shows database figures "
+                        "only, `tinymq flush` does not work", e)
+            return None
+        return control.Control(self.stopping, sock, path, {
+            "status": self._status_request,
+            "flush": lambda r: {"destinations": self._ask("flush", r.get("host"),
+                                                          r.get("port"))},
+            "holds": lambda r: {"held": self._ask("holds")},
+        })
+
+    def _ask(self, what, host=None, port=None):
+        """Ask the scheduler (on its thread) and wait for the answer."""
+        if host is not None and not isinstance(host, str) or \
+                port is not None and (not isinstance(port, int) or isinstance(port, bool)):
+            raise control.RequestError("host must be a string and port an integer")
+        reply = events.Reply()
+        self.scheduler.inbox.put(events.Request(what, host, port, reply))
+        answer = reply.wait(ASK_TIMEOUT_S)
+        if answer is None:
+            raise control.RequestError("the sending thread did not answer in time")
+        return answer
+
+    def _status_request(self, _request):
+        now = time.time()
+        address = self.sock.getsockname()
+        return {"daemon": {"pid": os.getpid(), "started": self.started,
+                           "uptime_s": round(now - self.started, 1),
+                           "node": f"{self.node:016x}", "address": address[0],
+                           "port": address[1], "version": __version__,
+                           "database": self.cfg.database, "config": self.cfg.source},
+                "destinations": self._ask("status"),
+                "senders": self.inbound.senders(time.monotonic())}
+
+    # -- reload (SIGHUP: systemctl reload tinymq) -------------------------------------------
+
+    def _reload(self):
+        """Read the configuration again and apply what can change while running: log
+        level, retry cap, keys, peers, require_key, allow. A bad file keeps the running
+        configuration (one line says why)."""
+        self.notifier.notify("RELOADING=1")
+        try:
+            new = self.load_config()
+        except config.ConfigError as e:
+            log.error("reload failed, the running configuration stays: %s", e)
+            self.notifier.notify("READY=1")
+            return
+        fixed = [key for key in config.NEEDS_RESTART
+                 if getattr(new, key) != getattr(self.cfg, key)]
+        if fixed:
+            log.warning("%s changed in %s: takes effect at the next restart "
+                        "(systemctl restart tinymq)", ", ".join(fixed), new.source)
+        new = dataclasses.replace(new, **{key: getattr(self.cfg, key)
+                                          for key in config.NEEDS_RESTART})
+        peer_keys = new.peer_keys()
+        peer_keys.refresh()
+        self.cfg, self.peer_keys = new, peer_keys
+        logsetup.set_level(new.log_level)
+        self.gate.reconfigure(peer_keys, new.keys_required, new.allow)
+        self.inbound.keys = new.keys or {}
+        self.scheduler.inbox.put(events.Reconfigured(new, peer_keys))
+        log.info("configuration reloaded from %s", new.source)
+        self.notifier.notify("READY=1\nSTATUS=" + self._status())
 
     def _refresh_peers(self):
         """Look up the host names in `peers` again (their addresses may move)."""
@@ -163,9 +248,10 @@ class Daemon:
         failed = [w for w in self.workers if w.failure is not None or not w.is_alive()]
         if failed and not self.stopping.is_set():
             for w in failed:
-                log.critical("%s thread stopped unexpectedly (%s); exiting so that the "
-                             "service manager restarts tinymqd", w.name,
-                             w.failure or "no error")
+                if getattr(w.failure, "exit_status", None) is None:  # else it said why
+                    log.critical("%s thread stopped unexpectedly (%s); exiting so that the "
+                                 "service manager restarts tinymqd", w.name,
+                                 w.failure or "no error")
             return True
         return False
 
@@ -185,6 +271,8 @@ class Daemon:
         deadline = time.monotonic() + STOP_DEADLINE_S
         self.receiver.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers[3:]:  # the control socket
+            worker.join(max(0.0, deadline - time.monotonic()))
         self.writer.stop()
         self.writer.join(max(0.0, deadline - time.monotonic()))
         if code == 0:

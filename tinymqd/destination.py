@@ -6,6 +6,7 @@ see numbering.py)."""
 from tinymqd.addresses import Endpoint
 from tinymqd.congestion import INITIAL_RTO_S
 from tinymqd.outbound import OutMessage, OutStream
+from tinymqd.steering import Deliveries
 
 # How much of a destination's backlog is held in memory: enough for LOAD_WINDOWS
 # windows, at least LOAD_MIN, at most MAX_LOADED messages and about LOAD_BYTES; at
@@ -27,7 +28,7 @@ class Destination:
     bookkeeping of rows and timers only the scheduler uses."""
 
     __slots__ = ("id", "stream", "endpoint", "open", "assigned", "timer_queued",
-                 "stall_since", "error_shown")
+                 "stall_since", "error_shown", "deliveries")
 
     def __init__(self, stream_id, endpoint, next_seq, chunk, node, open_):
         self.id = stream_id
@@ -35,6 +36,7 @@ class Destination:
         self.endpoint = endpoint
         self.open = open_  # rows are numbered into it in this run
         self.assigned = next_seq  # seqs below are numbered in mqout
+        self.deliveries = Deliveries()
         self.timer_queued = None  # the deadline last put on the timer heap
         self.stall_since = None  # when the first message was first seen stalled
         self.error_shown = None  # last_error text currently written to its rows
@@ -46,6 +48,12 @@ class Destination:
     def rows_waiting(self):
         st = self.stream
         return bool(st.messages) or (st.load_from is not None and st.load_from < self.assigned)
+
+    def delivered(self, now, count):
+        self.deliveries.add(now, count)
+
+    def delivered_since(self, when):
+        return self.deliveries.since(when)
 
     def backing_off(self):
         """Waiting longer than one timeout between tries (the peer was silent)."""

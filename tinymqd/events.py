@@ -2,6 +2,7 @@
 (wakeup.Inbox) and handled by the scheduler's dispatch table."""
 
 import concurrent.futures
+import threading
 from typing import NamedTuple
 
 
@@ -40,3 +41,34 @@ class OldRowsNumbered(NamedTuple):
     after: int
     upto: int
     last: bool
+
+
+class Reply:
+    """Where the scheduler puts the answer to a Request (another thread waits for it)."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self.value = None
+
+    def set(self, value):
+        self.value = value
+        self._done.set()
+
+    def wait(self, timeout):
+        """The answer, or None if none came in time."""
+        return self.value if self._done.wait(timeout) else None
+
+
+class Request(NamedTuple):
+    """The control socket asks the scheduler: "status", "flush" (host, port or None) or
+    "holds" (read tinymq_holds again)."""
+    what: str
+    host: object
+    port: object
+    reply: Reply
+
+
+class Reconfigured(NamedTuple):
+    """The configuration was reloaded: the new Config and keys.PeerKeys."""
+    cfg: object
+    peer_keys: object

@@ -29,14 +29,10 @@ KEYS_CACHE = 4096  # source addresses whose keys are remembered
 class Gate:
     def __init__(self, origin, peer_keys, require_key, allow):
         self.origin = origin
-        self.peer_keys = peer_keys
-        self.keyed = bool(peer_keys)
-        self.require_key = require_key
-        self.allow = allow  # networks, or None for any
+        self.reconfigure(peer_keys, require_key, allow)
         self.sessions = origin.sessions
         self.replays = sealing.ReplayWindow()
         self._secret = os.urandom(COOKIE_SECRET_BYTES)
-        self._keys_cache = {}
         self._hellos = {}
         self._hello_budget = HELLO_RATE
         self._budget_at = time.monotonic()
@@ -71,6 +67,14 @@ class Gate:
 
     def refresh_keys(self):
         """After the peers' names were resolved again."""
+        self._keys_cache = {}
+
+    def reconfigure(self, peer_keys, require_key, allow):
+        """Keys, require_key and allow (at start and on reload)."""
+        self.peer_keys = peer_keys
+        self.keyed = bool(peer_keys)
+        self.require_key = require_key
+        self.allow = allow  # networks, or None for any
         self._keys_cache = {}
 
     # -- data ---------------------------------------------------------------------------

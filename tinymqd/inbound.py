@@ -102,7 +102,7 @@ def _message_cost(message):
 class InboundStream:
     __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
                  "rows", "received", "peer_run", "addr", "local", "shost", "sport",
-                 "source", "cost", "refused", "key", "active")
+                 "source", "cost", "refused", "key", "active", "stored")
 
     def __init__(self, sender, stream, committed, source):
         self.sender = sender
@@ -124,6 +124,7 @@ class InboundStream:
         self.refused = 0  # a sequence number we will not store (too large); 0: none
         self.key = None  # name of the key its datagrams are sealed with (None: unsealed)
         self.active = 0.0  # when a datagram last came
+        self.stored = 0  # messages stored in this run
 
     def idle(self):
         """Nothing held and nothing on its way to the disk: it can be forgotten."""
@@ -350,12 +351,27 @@ class Inbound:
             with self.lock:
                 self._charge(st, -cost)  # on disk now
                 self.committed_messages += len(rows)
+                st.stored += len(rows)
                 if upto > st.committed:
                     st.committed = upto
                 self._send_ack(st)
 
         # The rows and the committed point, in one transaction.
         self.writer.submit(staged={"mqin": rows, "rx": [rx]}, done=done)
+
+    def senders(self, now):
+        """Per sending node and address heard from in this run: messages stored, seconds
+        since it was last heard (for `tinymq status`)."""
+        out = {}
+        with self.lock:
+            for st in self.streams.values():
+                ident = (st.sender_hex, st.shost, st.sport)
+                stored, heard = out.get(ident, (0, None))
+                ago = now - st.active
+                out[ident] = (stored + st.stored, ago if heard is None else min(heard, ago))
+        return [{"node": node, "host": host, "port": port, "received": stored,
+                 "last_heard_s": round(ago, 1)}
+                for (node, host, port), (stored, ago) in sorted(out.items(), key=str)]
 
     def flush(self):
         """End of a burst: hand the rows to the writer, acknowledge what arrived."""

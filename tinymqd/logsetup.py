@@ -39,6 +39,10 @@ def setup(level="info"):
     return root
 
 
+def set_level(level):
+    logging.getLogger("tinymqd").setLevel(LOG_LEVELS[level])
+
+
 def fields(peer=None, stream=None, node=None):
     """Structured journal fields of a log line about a peer, a stream or a node, for
     `logging`'s extra=: journalctl -u tinymq TINYMQ_PEER=hostB:9000 finds the lines of

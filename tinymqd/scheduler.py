@@ -19,6 +19,7 @@ from tinymqd.destination import Destinations
 from tinymqd.intake import ERROR_ROWS, Intake
 from tinymqd.logsetup import fields
 from tinymqd.ratelimit import CountingLog
+from tinymqd.steering import Steering
 from tinymqd.wakeup import Inbox, watch_directory
 from tinymqd.worker import Worker
 
@@ -52,6 +53,7 @@ class Scheduler(Worker):
         self.timers = []  # heap of (deadline, stream id, RETRY or PACE)
         self.addresses = AddressBook(family, self.inbox, self._show_error)
         self.failures = CountingLog(log, "events that failed to be handled")
+        self.steering = Steering(self)
         self.handlers = {
             events.AckArrived: self._on_ack,
             events.HelloArrived: self._on_hello,
@@ -60,6 +62,8 @@ class Scheduler(Worker):
             events.RowsRenumbered: lambda e: self._found(self.intake.on_renumbered(e.xs)),
             events.OldRowsNumbered: lambda e: self._found(self.intake.on_old_rows_numbered(
                 e.after, e.upto, e.last, time.monotonic())),
+            events.Request: self._on_request,
+            events.Reconfigured: lambda e: self.steering.reconfigure(e.cfg, e.peer_keys),
         }
 
     # -- the loop -------------------------------------------------------------
@@ -70,6 +74,7 @@ class Scheduler(Worker):
         watch = watch_directory(os.path.dirname(os.path.abspath(self.cfg.database)))
         try:
             self._restore()
+            self.steering.load_holds()
             next_cancel_check = poll_until = 0.0
             while not self.stopping.is_set():
                 self.beat()
@@ -89,6 +94,7 @@ class Scheduler(Worker):
                     self.intake.number_old_rows()
                 if self.intake.rescan_due(now):
                     self._found(self.intake.rescan(now))
+                    self.steering.load_holds()
                     self.addresses.refresh(
                         [d for d in self.destinations.values() if d.rows_waiting()], now)
                 self._run_timers(now)
@@ -186,8 +192,8 @@ class Scheduler(Worker):
             if ep.addr is None or dest.id not in self.destinations or (
                     ep.key is None and self.cfg.keys_required):
                 continue
-            if not self.destinations.may_send(dest):
-                continue  # an older stream to the same destination goes first
+            if not self.destinations.may_send(dest) or self.steering.held(dest):
+                continue  # an older stream to the same destination goes first; held
             st = dest.stream
             if dest.may_load():
                 dest.load(self.intake)
@@ -195,9 +201,9 @@ class Scheduler(Worker):
             self._queue_timer(dest)
             if len(st.sent) < st.cc.cwnd and not st.has_work() and dest.may_load():
                 self.dirty.add(dest)  # the window has room and rows wait in the database
-            self._retire_if_done(dest)
+            self.retire_if_done(dest)
 
-    def _retire_if_done(self, dest):
+    def retire_if_done(self, dest):
         following = self.destinations.retire_if_done(dest)
         if following is not None:
             self._need_address(following)
@@ -255,46 +261,22 @@ class Scheduler(Worker):
         if dest is None or not dest.endpoint.answers_with_right_key(ack.header.key):
             return
         if ack.committed > dest.assigned and dest.open:
-            self._numbered_elsewhere(dest)
+            self.steering.numbered_elsewhere(dest)
             return
         st = dest.stream
-        if ack.header.run not in dest.endpoint.past_runs:
-            dest.endpoint.past_runs.append(ack.header.run)
-        was_unreachable = st.unreachable
+        dest.endpoint.heard_run(ack.header.run)
+        was_unreachable, held = st.unreachable, len(st.messages)
         committed = st.on_ack(ack, time.monotonic())
         if was_unreachable:
             self.addresses.back(dest)
         if st.refused:
-            self._refused(dest)
+            self.steering.refused(dest)
         if committed is not None:
+            dest.delivered(time.monotonic(), held - len(st.messages))
             # Coalesced in the writer: one DELETE per stream and transaction.
             self.writer.submit(staged={"delete": [(dest.id, committed)]})
         self._queue_timer(dest)
         self.dirty.add(dest)
-
-    def _refused(self, dest):
-        for x, limit in dest.stream.refused:
-            self.intake.take_out([(
-                f"{dest.name} refuses it: larger than its max_message ({limit} bytes); "
-                f"shorten the data or raise max_message there, then UPDATE the row", x)])
-        log.warning("%s refused %d message(s) larger than its max_message; they stay in "
-                    "mqout with last_error", dest.name, len(dest.stream.refused),
-                    extra=fields(peer=dest.name, stream=dest.id))
-        dest.stream.refused.clear()
-
-    def _numbered_elsewhere(self, dest):
-        """The peer has stored numbers of this run's stream that we never gave out:
-        another copy of this database uses the same stream (cloned while running). Our
-        pending rows of it move to a new stream, so none is taken for another's."""
-        log.warning("destination %s has messages of stream %016x that this node never "
-                    "numbered (a clone of this database runs elsewhere?); moving the rows "
-                    "waiting in it to a new stream", dest.name, dest.id,
-                    extra=fields(peer=dest.name, stream=dest.id))
-        dest.open = False
-        dest.stream.cancel(list(dest.stream.messages))
-        dest.stream.load_from = dest.assigned
-        self.intake.rehome(dest.id)
-        self._retire_if_done(dest)
 
     def _on_hello(self, event):
         """The destination tells us its node, run and our cookie: it restarted, or our
@@ -305,17 +287,8 @@ class Scheduler(Worker):
         hello = event.hello
         header = hello.header
         dest = self.destinations.get(hello.stream)
-        if dest is None:
+        if dest is None or not dest.endpoint.take_hello(hello, self.origin.run):
             return
-        ep = dest.endpoint
-        if (header.peer_run not in (0, self.origin.run)
-                or not ep.answers_with_right_key(header.key)
-                or (header.peer_run == 0 and header.run in ep.past_runs)):
-            return
-        if header.run not in ep.past_runs:
-            ep.past_runs.append(header.run)
-        if hello.cookie:
-            ep.cookie = hello.cookie
         now = time.monotonic()
         node = header.node
         for each in self.destinations.of_target(dest):
@@ -324,15 +297,24 @@ class Scheduler(Worker):
                 log.warning("destination %s is another node now (%016x, was %016x; its "
                             "database replaced?): resending what it had not committed",
                             each.name, node, was, extra=fields(peer=each.name, stream=each.id))
-            self._wake(each, now)
+            self.wake(each, now)
 
     def _on_heard(self, event):
         now = time.monotonic()
         for dest in self.destinations.matching(event.node, event.ip, event.port):
             if dest.backing_off():
-                self._wake(dest, now)
+                self.wake(dest, now)
 
-    def _wake(self, dest, now):
+    def _on_request(self, request):
+        steering = self.steering
+        if request.what == "status":
+            request.reply.set(steering.status())
+        elif request.what == "flush":
+            request.reply.set(steering.flush(request.host, request.port))
+        elif request.what == "holds":
+            request.reply.set(steering.load_holds())
+
+    def wake(self, dest, now):
         """The peer is alive: retry at once (never a deleted row)."""
         self._forget_deleted(dest)
         dest.stream.wake(now)

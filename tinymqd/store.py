@@ -9,7 +9,30 @@ from tinymqd import identity, numbering, schema
 
 
 class StoreError(Exception):
-    """The database cannot be used; str() is the one line shown to the user."""
+    """The database cannot be used; str() is the one line shown to the user. The daemon
+    exits with exit_status (1: systemd tries again)."""
+
+    exit_status = 1
+
+
+EX_DATAERR = 65  # sysexits.h: the data (the database file) is bad; the unit does not restart
+DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+class DatabaseDamaged(StoreError):
+    """SQLite found the database file damaged: restarting cannot help. str() is the one
+    line an admin needs."""
+
+    exit_status = EX_DATAERR
+
+    def __init__(self, file, error):
+        directory, name = os.path.split(file)
+        new = os.path.join(directory, f"{name}.recovered")
+        super().__init__(
+            f"database {file} is damaged ({error}); restarting cannot repair it: stop "
+            f"tinymq, save what is readable with `sqlite3 {file} .recover | sqlite3 {new}`, "
+            f"move {name}, {name}-wal and {name}-shm aside, put {name}.recovered in their "
+            f"place (owned by the daemon's user), then start tinymq; or restore a backup")
 
 
 class Staging:
@@ -132,6 +155,8 @@ def initialize(path, new_run=False):
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorname", "") in DAMAGED:
+            raise DatabaseDamaged(os.path.realpath(path), e) from None
         raise StoreError(f"database {path}: {e}") from None
     except OSError as e:
         raise StoreError(f"database {path}: {e.strerror}") from None

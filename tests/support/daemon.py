@@ -78,8 +78,9 @@ class Daemon:
         self.port = port if port is not None else free_udp_port()
         self.db = Path(database) if database else self.dir / "tinymq.db"
         self.config_path = self.dir / "tinymq.yaml"
+        self.control_socket = self.dir / "control"  # never the system's /run/tinymq
         self.config = {"port": self.port, "bind": bind, "database": str(self.db),
-                       "log_level": log_level}
+                       "log_level": log_level, "control_socket": str(self.control_socket)}
         self.config.update(config)
         self.stderr_path = self.dir / "stderr.log"
         self.stdout_path = self.dir / "stdout.log"
