@@ -15,7 +15,7 @@ from tinymqd import protocol
 from tinymqd.congestion import Congestion
 
 REORDER_PACKETS = 3  # a packet this far below the largest acknowledged is lost
-UNREACHABLE_AFTER_S = 3.0  # without any answer while data waits
+UNREACHABLE_AFTER_S = 2.5  # without any answer while data waits
 
 
 class OutMessage:
@@ -307,6 +307,10 @@ class OutStream:
         self.cc.wake()
         if self.sent:
             self.timer = now
+
+    def silent_for(self, now):
+        """Seconds since data went out without any answer since (0: answered)."""
+        return 0.0 if self.waiting_since is None else now - self.waiting_since
 
     def stalled(self):
         """All fragments of the first message are held by the peer, yet not committed."""

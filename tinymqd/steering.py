@@ -8,6 +8,7 @@ import logging
 import time
 
 from tinymqd.logsetup import fields
+from tinymqd.outbound import UNREACHABLE_AFTER_S
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -114,7 +115,8 @@ class Steering:
             first = queue[0]
             st, ep = first.stream, first.endpoint
             out.append({
-                "host": ep.host, "port": ep.port, "state": self._state(first),
+                "host": ep.host, "port": ep.port,
+                "state": self._state(first, now),
                 "in_flight": sum(len(d.stream.messages) for d in queue),
                 "rtt_ms": None if st.cc.srtt is None else round(st.cc.srtt * 1000, 3),
                 "rate_per_s": round(sum(d.delivered_since(now - RATE_WINDOW_S)
@@ -123,13 +125,13 @@ class Steering:
             })
         return out
 
-    def _state(self, dest):
+    def _state(self, dest, now):
         st, ep = dest.stream, dest.endpoint
         if self.held(dest):
             return "held"
         if ep.addr is None and ep.error:
             return "unresolvable"
-        if st.unreachable:
+        if st.unreachable or st.silent_for(now) >= UNREACHABLE_AFTER_S:
             return "unreachable"
         if st.cc.backoff > 1.0:
             return "backing off"
