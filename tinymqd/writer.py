@@ -108,6 +108,7 @@ class Writer(Worker):
     def loop(self):
         conn = store.connect(self.path)
         self._file = database_file(conn)
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         # Not closed before the process exits: closing it would drop the SQLite locks of
         # the other threads' connections (see lockwatch).
         others = lockwatch.OtherConnections(self._file)
