@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS tinymq_rx (
     PRIMARY KEY (sender, stream)
 );
 CREATE TABLE IF NOT EXISTS tinymq_moved (
+    n      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the scheduler reads above it
     stream INTEGER,
     seq    INTEGER
 );
@@ -88,6 +89,8 @@ class ForeignTable(sqlite3.DatabaseError):
 def create(conn):
     """Create what is missing and bring older layouts up to date. Returns True when
     mqout was tinymq.pl's and is taken over now. Runs inside the caller's transaction."""
+    if "stream" in columns(conn, "tinymq_moved") and "n" not in columns(conn, "tinymq_moved"):
+        conn.execute("DROP TABLE tinymq_moved")  # notes only; its rowids were reused
     _run(conn, TABLES)
     for table, needed in REQUIRED.items():
         missing = [c for c in needed if c not in columns(conn, table)]

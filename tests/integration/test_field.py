@@ -331,11 +331,6 @@ def test_fixing_the_host_of_a_queued_row_delivers_it(pair):
     b.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the trigger notes a moved row in tinymq_moved, whose rowids restart at 1 "
-    "once the scheduler has read and deleted the notes; Intake.moved_seen only grows, so "
-    "the note of the next moved row is never read and that row waits until tinymqd "
-    "restarts"))
 @pytest.mark.timeout(60)
 def test_fixing_queued_rows_one_after_another_delivers_each(pair):
     """The admin fixes one row, sees it go, then fixes the next one, in the same run."""

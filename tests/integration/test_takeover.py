@@ -77,11 +77,6 @@ def test_tinymq_pl_databases_are_taken_over(make_daemon, tmp_path):
     b.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a row inserted into tinymq.pl's mqout after it ran empty reuses x, so "
-    "only its note in tinymq_moved can announce it; but tinymq_moved's rowids restart at 1 "
-    "once the notes are deleted, and Intake.moved_seen only grows: the note is never read "
-    "and the row waits until tinymqd restarts"))
 @pytest.mark.timeout(60)
 def test_tinymq_pl_mqout_that_ran_empty_reuses_x_and_still_delivers(make_daemon, tmp_path):
     """tinymq.pl's mqout has no AUTOINCREMENT: once every row is delivered, the next INSERT
