@@ -162,7 +162,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class OpenWatch:
     """inotify on one file, read by a thread of its own so that every open and close is
     timed as it happens: recent() tells whether a process opened the file less than
-    RESIDENT_AFTER ago and has not closed it yet.
+    RESIDENT_AFTER ago and has not closed it yet (it first takes the events the thread
+    has not read yet, a thread that may wait for its turn on a busy machine).
 
     Events carry no pid, so a close is taken to end the most recent open still counted:
     short-lived processes open and close within the lifetime of resident ones.
@@ -189,7 +190,15 @@ class OpenWatch:
 
     def recent(self, now):
         with self._lock:
+            self._read(now)  # what the thread has not taken yet: a CLI opening just now
             return bool(self._opened) and now - self._opened[-1] < RESIDENT_AFTER
+
+    def _read(self, now):
+        try:
+            while True:
+                self._take(os.read(self._fd, 4096), now)
+        except BlockingIOError:
+            pass
 
     def _run(self):
         try:
@@ -197,30 +206,28 @@ class OpenWatch:
                 ready, _, _ = select.select([self._fd, self._stop], [], [])
                 if self._stop in ready:
                     return
-                try:
-                    self._take(os.read(self._fd, 4096), time.monotonic())
-                except BlockingIOError:
-                    pass
+                with self._lock:
+                    self._read(time.monotonic())
         except Exception as e:  # noqa: BLE001 - the writer then does without it
             log.warning("lockwatch: no longer watching opens of the database: %s", e)
             self.failed = True
 
     def _take(self, buf, now):
-        with self._lock:
-            opened = self._opened
-            pos = 0
-            while pos + _EVENT.size <= len(buf):
-                _, mask, _, length = _EVENT.unpack_from(buf, pos)
-                pos += _EVENT.size + length
-                if mask & IN_OPEN:
-                    opened.append(now)
-                elif mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):
-                    if opened:
-                        opened.pop()
-                elif mask & (IN_Q_OVERFLOW | IN_IGNORED):
-                    opened.clear()  # events lost, or the file is gone: start afresh
-            while opened and now - opened[0] > 3600:
-                opened.popleft()  # opens never closed: residents, or closes we missed
+        """Count the events in buf (with self._lock held)."""
+        opened = self._opened
+        pos = 0
+        while pos + _EVENT.size <= len(buf):
+            _, mask, _, length = _EVENT.unpack_from(buf, pos)
+            pos += _EVENT.size + length
+            if mask & IN_OPEN:
+                opened.append(now)
+            elif mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE):
+                if opened:
+                    opened.pop()
+            elif mask & (IN_Q_OVERFLOW | IN_IGNORED):
+                opened.clear()  # events lost, or the file is gone: start afresh
+        while opened and now - opened[0] > 3600:
+            opened.popleft()  # opens never closed: residents, or closes we missed
 
     def close(self):
         os.eventfd_write(self._stop, 1)
