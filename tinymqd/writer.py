@@ -72,14 +72,10 @@ LINGER_POLL = 0.001
 DEFER = 0.005
 # Errors worth waiting out: another process holds the lock, the disk is full or failing,
 # or the file became read-only (permissions being fixed). A damaged database stops the
-# daemon for good (DatabaseDamaged); anything else is a bug and stops the daemon so that
-# systemd restarts it.
+# daemon for good (store.DatabaseDamaged: exit 65, which tinymq.service does not
+# restart); anything else is a bug and stops the daemon so that systemd restarts it.
 TRANSIENT = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR",
              "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL"}
-DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
-# sysexits.h EX_DATAERR: the data (the database file) is bad. tinymq.service lists it in
-# RestartPreventExitStatus=, since restarting cannot repair a file.
-EX_DATAERR = 65
 STOP = object()
 
 
@@ -271,8 +267,8 @@ class Writer(Worker):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 name = getattr(e, "sqlite_errorname", "")
-                if name.startswith(DAMAGED):
-                    raise DatabaseDamaged(self._file, e) from None
+                if name.startswith(store.DAMAGED):  # also extended codes (_INDEX, ...)
+                    raise store.DatabaseDamaged(self._file, e) from None
                 if not any(name.startswith(t) for t in TRANSIENT):
                     raise
                 if self._trouble_since is None:
@@ -317,22 +313,6 @@ def database_file(conn):
 
 def _identity(st):
     return st.st_dev, st.st_ino
-
-
-class DatabaseDamaged(Exception):
-    """SQLite found the database file damaged: restarting cannot help. str() is the one
-    line an admin needs; exit_status tells the daemon (and systemd) so."""
-
-    exit_status = EX_DATAERR
-
-    def __init__(self, file, error):
-        directory, name = os.path.split(file)
-        new = os.path.join(directory, f"{name}.recovered")
-        super().__init__(
-            f"database {file} is damaged ({error}); restarting cannot repair it: stop "
-            f"tinymq, save what is readable with `sqlite3 {file} .recover | sqlite3 {new}`, "
-            f"move {name}, {name}-wal and {name}-shm aside, put {name}.recovered in their "
-            f"place (owned by the daemon's user), then start tinymq; or restore a backup")
 
 
 class SyncFailed(Exception):

@@ -6,11 +6,9 @@ disk or a careless copy damages them."""
 import os
 import subprocess
 
-import pytest
-
 from tests.support import db as dbmod
 from tests.support.wait import wait_until
-from tinymqd import writer
+from tinymqd import store
 
 EX_DATAERR = 65  # sysexits.h; what the unit lists in RestartPreventExitStatus=
 
@@ -61,18 +59,11 @@ def test_damaged_page_met_by_the_writer_stops_with_one_line_and_no_restart_loop(
     err = b.stderr_text()
     assert rc == EX_DATAERR, f"exit status {rc}, stderr:\n{err}"
     assert "Traceback" not in err, err
-    problems = problem_lines(err)
-    # daemon.py's own line for a failed worker, which the lead is asked to drop when the
-    # failure carries its exit status: it repeats the line and says systemd restarts us.
-    pending = [line for line in problems if "thread stopped unexpectedly" in line]
-    lines = [line for line in problems if line not in pending]
+    lines = problem_lines(err)
     assert len(lines) == 1, f"expected one line about the damage:\n{err}"
     assert str(b.db) in lines[0] and "malformed" in lines[0], lines[0]
     assert f"sqlite3 {b.db} .recover | sqlite3 " in lines[0], lines[0]
     assert a.count("mqout") == 1, "the message was acknowledged, though never stored"
-    if pending:
-        pytest.xfail("daemon._failed() still adds its own line for a failure that carries "
-                     "exit_status (change requested from the lead)")
 
 
 def test_database_that_is_no_database_at_start_gets_the_same_exit_status(make_daemon):
@@ -84,18 +75,14 @@ def test_database_that_is_no_database_at_start_gets_the_same_exit_status(make_da
     b.start(wait=False)
     rc = b.wait_exit(15)
     err = b.stderr_text()
-    assert rc not in (None, 0), err
-    assert "Traceback" not in err, err
-    if rc == 1 and ".recover" not in err:
-        pytest.xfail("store.initialize() reports damage as an ordinary StoreError, exit 1 "
-                     "(change requested from the lead)")
     assert rc == EX_DATAERR, err
+    assert "Traceback" not in err, err
     assert [line for line in err.splitlines() if ".recover" in line and str(b.db) in line], err
 
 
 def test_the_advice_is_one_line_naming_the_file_and_the_recovery(tmp_path):
     path = tmp_path / "q.db"
-    e = writer.DatabaseDamaged(str(path), "database disk image is malformed")
+    e = store.DatabaseDamaged(str(path), "database disk image is malformed")
     text = str(e)
     assert "\n" not in text and e.exit_status == EX_DATAERR
     assert f"sqlite3 {path} .recover | sqlite3 {path}.recovered" in text, text
