@@ -21,7 +21,7 @@ DEB_CHANGES  := $(DEB_BUILDDIR)/tinymq_$(DEB_VERSION)_$(shell dpkg --print-archi
 # build-essential: dpkg-buildpackage refuses to build without it, even for this
 # Architecture: all package.
 BUILD_DEPS  := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
-               python3-all python3-setuptools git lintian
+               python3-all python3-setuptools git lintian bash-completion
 SYSTEM_DEPS := systemd-container debootstrap iproute2 util-linux python3-pytest \
                python3-pytest-timeout
 
