@@ -44,11 +44,14 @@ SUITES = (BOOKWORM, TRIXIE)
 
 # Everything the containers need, including tinymq's dependencies, so that
 # `apt install ./tinymq.deb` works inside a container without network.
+# debootstrap does not resolve virtual packages: python3-cffi-backend provides the
+# python3-cffi-backend-api-min/-max that python3-cryptography depends on.
 IMAGE_PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "python3", "sqlite3", "iproute2",
     "adduser", "python3-yaml", "python3-systemd", "python3-sdnotify",
+    "python3-cryptography", "python3-cffi-backend", "procps",
 ]
-IMAGE_RECIPE = 1  # bump when the preparation below changes
+IMAGE_RECIPE = 2  # bump when the preparation below changes
 # debian-archive-keyring on Debian 12 (2023.3+deb12u1 and later) knows trixie's keys.
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -86,6 +89,20 @@ def wait_for(what, predicate, timeout=30.0, interval=0.1):
                 return last
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def holds_for(what, predicate, duration, interval=0.2):
+    """Check predicate() every interval for the whole duration; fail at the first
+    falsy value ("nothing happens" is watched for its whole span, not looked at once)."""
+    deadline = time.monotonic() + duration
+    while True:
+        value = predicate()
+        if not value:
+            raise AssertionError(f"{what} stopped holding after "
+                                 f"{duration - (deadline - time.monotonic()):.1f}s; got {value!r}")
+        if time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
 
 
@@ -211,7 +228,7 @@ def ensure_image(suite, log=print):
             log_file = tmp / "debootstrap/debootstrap.log"
             tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
             shutil.rmtree(tmp, ignore_errors=True)
-            if re.search(r"signature|NO_PUBKEY|keyring", f"{e}{tail}", re.I):
+            if re.search(r"unknown key|NO_PUBKEY|invalid (Release )?signature", f"{e}{tail}", re.I):
                 tail += (f"\n(A Release file signed by a key not in {KEYRING}: Debian 12's "
                          "debian-archive-keyring 2023.3+deb12u1 or later knows trixie's keys; "
                          "apt-get install debian-archive-keyring.)")
@@ -321,6 +338,70 @@ class Network:
     def destroy(self):
         for ns in self.names:
             host(["ip", "netns", "delete", ns], check=False)
+
+
+# Runs with the host's Debian python3 inside a network namespace (ip netns exec):
+# collects the UDP payloads to or from a port on every interface there, outgoing
+# and incoming, until its stdin is closed; prints them as a JSON list of hex strings.
+_SNIFF = r"""
+import json, select, socket, struct, sys, time
+port, out = int(sys.argv[1]), []
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+print("ready", flush=True)
+deadline = time.monotonic() + 600
+while len(out) < 20000 and time.monotonic() < deadline:
+    ready, _, _ = select.select([s, sys.stdin], [], [], 1.0)
+    if sys.stdin in ready:
+        break
+    if s not in ready:
+        continue
+    frame = s.recv(65536)
+    kind = struct.unpack("!H", frame[12:14])[0]
+    if kind == 0x0800 and frame[23] == 17:
+        l4 = 14 + (frame[14] & 15) * 4
+    elif kind == 0x86DD and frame[20] == 17:
+        l4 = 54
+    else:
+        continue
+    if port in struct.unpack("!HH", frame[l4:l4 + 4]):
+        out.append(frame[l4 + 8:].hex())
+print(json.dumps(out), flush=True)
+"""
+
+
+class Sniffer:
+    """What really crosses the wire: UDP payloads to or from `port` in a network
+    namespace, captured from the host with an AF_PACKET socket while the block runs.
+
+        with Sniffer(netns) as wire:
+            ...
+        wire.payloads  # [bytes]
+    """
+
+    def __init__(self, netns, port=9000):
+        self.netns, self.port, self.payloads, self.proc = netns, port, None, None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", _SNIFF, str(self.port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            raise CommandFailed(f"the packet capture in {self.netns} did not start: "
+                                f"{line} {self.proc.stderr.read()}")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            out, err = self.proc.communicate(input="", timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        if self.proc.returncode != 0 and exc[0] is None:
+            raise CommandFailed(f"the packet capture in {self.netns} failed: {err}")
+        self.payloads = [bytes.fromhex(p) for p in json.loads(out or "[]")]
+        return False
 
 
 # --------------------------------------------------------------- containers
