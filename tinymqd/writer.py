@@ -68,7 +68,8 @@ MIN_GAP = 0.001
 DEFER_DELETES = 0.05
 ACTIVE = 1.0
 LINGER_POLL = 0.001
-# Other work (rows received, whose acknowledgement waits) waits as long at most.
+# Other work (rows received, whose acknowledgement waits for the commit) waits at most
+# this long.
 DEFER = 0.005
 # Errors worth waiting out: another process holds the lock, the disk is full or failing,
 # or the file became read-only (permissions being fixed). A damaged database stops the
