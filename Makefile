@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 PORT ?= 9000
 RUNDIR ?= run
 RUNTIME_DEBS = python3-yaml python3-systemd python3-sdnotify python3-cryptography sqlite3
-TEST_DEBS = python3-pytest python3-pytest-timeout python3-hypothesis iproute2 procps
+TEST_DEBS = python3-pytest python3-pytest-timeout python3-hypothesis iproute2 procps strace
 LINT_DEBS = pyflakes3
 PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
 

@@ -11,6 +11,7 @@ waits for another: each has its own window, timers and address.
 import heapq
 import logging
 import os
+import sqlite3
 import time
 
 from tinymqd import events, protocol, store, transport
@@ -71,40 +72,46 @@ class Scheduler(Worker):
     def loop(self):
         db = store.connect(self.cfg.database, readonly=True)
         self.intake = Intake(db, self.writer, self.inbox, self.cfg.max_message)
-        watch = watch_directory(os.path.dirname(os.path.abspath(self.cfg.database)))
+        # SQLite keeps the WAL beside the real file, also when the path is a symlink.
+        watch = watch_directory(os.path.dirname(os.path.realpath(self.cfg.database)))
         try:
             self._restore()
             self.steering.load_holds()
-            next_cancel_check = poll_until = 0.0
-            while not self.stopping.is_set():
-                self.beat()
-                now = time.monotonic()
-                wait = self._sleep_time(now, watch and now > poll_until)
-                if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
-                    watch.clear()
-                    poll_until = time.monotonic() + AFTER_WAKE_S
-                self._handle_events()
-                now = time.monotonic()
-                self._found(self.intake.poll())
-                if now >= next_cancel_check:
-                    next_cancel_check = now + CANCEL_CHECK_INTERVAL_S
-                    self._check_cancelled(now)
-                old_rows_at = self.intake.old_rows_due_at()
-                if old_rows_at is not None and now >= old_rows_at:
-                    self.intake.number_old_rows()
-                if self.intake.rescan_due(now):
-                    self._found(self.intake.rescan(now))
-                    self.steering.load_holds()
-                    self.addresses.refresh(
-                        [d for d in self.destinations.values() if d.rows_waiting()], now)
-                self._run_timers(now)
-                self._pump(now)
+            self._run(watch)
+        except sqlite3.DatabaseError as e:
+            raise store.damaged(self.cfg.database, e) from None
         finally:
             self.addresses.close()
             self.inbox.close()
             if watch:
                 watch.close()
             db.close()
+
+    def _run(self, watch):
+        next_cancel_check = poll_until = 0.0
+        while not self.stopping.is_set():
+            self.beat()
+            now = time.monotonic()
+            wait = self._sleep_time(now, watch and now > poll_until)
+            if wait > 0 and self.inbox.wait(wait, watch and watch.fileno()):
+                watch.clear()
+                poll_until = time.monotonic() + AFTER_WAKE_S
+            self._handle_events()
+            now = time.monotonic()
+            self._found(self.intake.poll())
+            if now >= next_cancel_check:
+                next_cancel_check = now + CANCEL_CHECK_INTERVAL_S
+                self._check_cancelled(now)
+            old_rows_at = self.intake.old_rows_due_at()
+            if old_rows_at is not None and now >= old_rows_at:
+                self.intake.number_old_rows()
+            if self.intake.rescan_due(now):
+                self._found(self.intake.rescan(now))
+                self.steering.load_holds()
+                self.addresses.refresh(
+                    [d for d in self.destinations.values() if d.rows_waiting()], now)
+            self._run_timers(now)
+            self._pump(now)
 
     def _sleep_time(self, now, idle):
         """How long the loop may sleep: until the next timer, or not at all when work

@@ -19,6 +19,14 @@ EX_DATAERR = 65  # sysexits.h: the data (the database file) is bad; the unit doe
 DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
+def damaged(path, error):
+    """The StoreError for an sqlite3 error: DatabaseDamaged when SQLite says the file is
+    damaged (exit 65, no restart loop), else a plain one."""
+    if getattr(error, "sqlite_errorname", "").startswith(DAMAGED):
+        return DatabaseDamaged(os.path.realpath(path), error)
+    return StoreError(f"database {path}: {error}")
+
+
 class DatabaseDamaged(StoreError):
     """SQLite found the database file damaged: restarting cannot help. str() is the one
     line an admin needs."""
@@ -155,9 +163,7 @@ def initialize(path, new_run=False):
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorname", "") in DAMAGED:
-            raise DatabaseDamaged(os.path.realpath(path), e) from None
-        raise StoreError(f"database {path}: {e}") from None
+        raise damaged(path, e) from None
     except OSError as e:
         raise StoreError(f"database {path}: {e.strerror}") from None
     return node
@@ -168,6 +174,8 @@ def known_senders(path):
     conn = connect(path, readonly=True)
     try:
         rows = conn.execute("SELECT sender, stream, next_seq FROM tinymq_rx").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise damaged(path, e) from None
     finally:
         conn.close()
     return {(sender, stream): next_seq for sender, stream, next_seq in rows}
