@@ -7,10 +7,15 @@ machine's timing).
 
     figures = ChaosRun(make_daemon, make_relay, seed=1, n_ab=3000, n_ba=1000, kills=6).run()
 
+keyed=True (with key_dir=, where the key file is written) runs both daemons as keyed peers
+(PROTOCOL.md "Keyed peers"): one random key in a key file, peers {"*": it}, so every
+datagram is sealed; the end checks then also want every message authenticated by it.
+
 Direction is one stream of such numbered messages through a relay, for tests that
 script their own faults: enqueue, check the hand-off at any moment, check the end.
 """
 
+import base64
 import functools
 import hashlib
 import os
@@ -99,8 +104,13 @@ class Direction:
 class ChaosRun:
     def __init__(self, make_daemon, make_relay, seed=1, n_ab=3000, n_ba=1000, kills=6,
                  faults=None, backlog=2500, point_timeout=120.0, final_timeout=300.0,
-                 log=print):
+                 log=print, keyed=False, key_dir=None):
         self.seed = seed
+        self.keyed = keyed
+        self.daemon_config = {}
+        if keyed:
+            self.daemon_config = {"key_file": write_key_file(key_dir, KEY_NAME, os.urandom(32)),
+                                  "peers": {"*": KEY_NAME}}
         self.rng = random.Random(f"chaos:{seed}")
         self.make_daemon, self.make_relay = make_daemon, make_relay
         self.n_ab, self.n_ba, self.kills = n_ab, n_ba, kills
@@ -166,7 +176,8 @@ class ChaosRun:
 
     def _run(self):
         t0 = time.monotonic()
-        a, b = self.make_daemon("a"), self.make_daemon("b")
+        a = self.make_daemon("a", **self.daemon_config)
+        b = self.make_daemon("b", **self.daemon_config)
         self.nodes = {"a": a, "b": b}
         a.start()
         b.start()
@@ -198,6 +209,8 @@ class ChaosRun:
         elapsed = time.monotonic() - t0
         figures = {
             "seed": self.seed,
+            "keyed": self.keyed,
+            "keys": {"a": keys_used(a), "b": keys_used(b)},
             "messages": {"a->b": self.n_ab, "b->a": self.n_ba},
             "kills": dict(self.killed, total=sum(self.killed.values()),
                           before_ready=self.killed_before_ready, with_traffic=in_flight),
@@ -211,12 +224,33 @@ class ChaosRun:
         return figures
 
 
+KEY_NAME = "chaos"
+
+
+def write_key_file(directory, name, key):
+    """A key file as the README says to make one (mode 0640) with one key; its path."""
+    if directory is None:
+        raise ValueError("keyed=True needs key_dir= (e.g. pytest's tmp_path)")
+    path = os.path.join(str(directory), "chaos-keys.yaml")
+    with open(path, "w") as f:
+        f.write(f"{name}: {base64.b64encode(key).decode()}\n")
+    os.chmod(path, 0o640)
+    return path
+
+
+def keys_used(d):
+    """The distinct mqin.key values of a Daemon's database (None: unsealed)."""
+    return sorted({k for (k,) in dbmod.query(d.db, "SELECT DISTINCT key FROM mqin")},
+                  key=str)
+
+
 def seed_from_env(default):
     return int(os.environ.get("TINYMQ_CHAOS_SEED", default))
 
 
 def format_figures(f):
-    lines = [f"chaos seed {f['seed']}: {f['elapsed_s']} s",
+    lines = [f"chaos seed {f['seed']}{' (keyed)' if f.get('keyed') else ''}: "
+             f"{f['elapsed_s']} s",
              f"  messages: a->b {f['messages']['a->b']}, b->a {f['messages']['b->a']}",
              f"  kills (SIGKILL): a {f['kills'].get('a', 0)}, b {f['kills'].get('b', 0)}, "
              f"total {f['kills']['total']} ({f['kills']['before_ready']} during start-up, "
@@ -244,3 +278,6 @@ def assert_direction_clean(name, d):
 def assert_clean(f):
     for name, d in f["directions"].items():
         assert_direction_clean(name, d)
+    if f.get("keyed"):
+        assert f["keys"] == {"a": [KEY_NAME], "b": [KEY_NAME]}, \
+            f"messages not authenticated by the key: mqin.key values {f['keys']}"

@@ -34,6 +34,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -158,6 +159,17 @@ class Relay:
         """Send a datagram to addr from the address clients send to (as if the target had
         answered), bypassing the faults and counters."""
         self._sock.sendto(data, addr)
+
+    def send_upstream(self, data, client):
+        """Send a datagram to the target from the socket that carries `client`'s traffic
+        (as if that client had sent it through the relay; the target sees it come from
+        upstream_address(client)), bypassing the faults and counters. The client must
+        have sent through the relay before."""
+        self._clients[client].sendto(data, self.target)
+
+    def upstream_address(self, client):
+        """The address the target sees `client`'s datagrams come from."""
+        return self._clients[client].getsockname()[:2]
 
     def snapshot(self):
         with self._lock:
@@ -319,6 +331,32 @@ class Relay:
                 raise
         with self._lock:
             self.stats[direction]["sent" if ok else "send_errors"] += 1
+
+
+def can_spoof():
+    """Whether this process may send datagrams with a forged source (a raw socket: root
+    or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close()
+        return True
+    except OSError:
+        return False
+
+
+def send_spoofed(data, source, target):
+    """Send one UDP datagram to target (IPv4 host, port) that seems to come from source
+    (IPv4 host, port), whoever holds that address: what an attacker on the network can
+    do (UDP has no handshake). A raw socket (can_spoof()); the UDP checksum is left 0
+    (optional on IPv4). Use loopback sources only: replies go to the source. Raises
+    OSError (EMSGSIZE) for more than an IPv4 datagram holds, as a UDP socket does."""
+    if len(data) > 65535 - 28:
+        raise OSError(errno.EMSGSIZE, "message too long")
+    udp = struct.pack("!HHHH", source[1], target[1], 8 + len(data), 0) + data
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64,
+                     socket.IPPROTO_UDP, 0, socket.inet_aton(source[0]),
+                     socket.inet_aton(target[0]))
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        s.sendto(ip + udp, (target[0], 0))
 
 
 class RelayProcess:

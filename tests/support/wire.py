@@ -460,3 +460,196 @@ def exchange(sender, receiver, relay, tag, datas, timeout=20):
                f"{tag}: {len(datas)} messages delivered through the relay",
                describe=lambda: dbmod.describe_queues(sender.db, receiver.db))
     return relay.captured("forward"), relay.captured("reverse")
+
+
+# -- keyed peers (PROTOCOL.md "Keyed peers") ------------------------------------------------
+
+FLAG_SEALED = 0x01
+SEAL_SALT = 4      # random bytes after the header, the last 4 of the nonce
+SEAL_TAG = 16      # AES-GCM's tag at the end
+SESSION_INFO = b"tinymq v2 session key"
+
+
+def session_key(psk, src_run, dst_run):
+    """The AES-256-GCM key of datagrams from run src_run to dst_run (dst_run as the source
+    knows it, 0 before it does): HKDF-SHA256 of the pre-shared key, salt both runs."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    return HKDF(hashes.SHA256(), 32, salt=struct.pack("!QQ", src_run, dst_run),
+                info=SESSION_INFO).derive(psk)
+
+
+def aead_seal(datagram, psk, salt=None):
+    """The sealed form of an unsealed datagram (header + body + CRC, as seal() makes it):
+    header with the SEALED flag, 4 random bytes, body encrypted and authenticated with
+    the header as associated data (no CRC). The header's counter is the nonce: a
+    datagram sealed twice with one counter is a replay to the receiver."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    import os
+    f = fields(datagram)
+    head = header(f["type"], f["port"], f["node"], f["run"], f["peer_run"], f["counter"],
+                  f["version"], f["flags"] | FLAG_SEALED, f["magic"])
+    salt = os.urandom(SEAL_SALT) if salt is None else salt
+    aead = AESGCM(session_key(psk, f["run"], f["peer_run"]))
+    return head + salt + aead.encrypt(struct.pack("!Q", f["counter"]) + salt, body(datagram),
+                                      head)
+
+
+def aead_open(datagram, psk):
+    """The unsealed form (flag cleared, CRC appended) of a sealed datagram, or None when
+    `psk` does not open it."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    if len(datagram) < HEADER.size + SEAL_SALT + SEAL_TAG:
+        return None
+    f = fields(datagram)
+    head, salt = datagram[:HEADER.size], datagram[HEADER.size:HEADER.size + SEAL_SALT]
+    try:
+        plain = AESGCM(session_key(psk, f["run"], f["peer_run"])).decrypt(
+            struct.pack("!Q", f["counter"]) + salt, datagram[HEADER.size + SEAL_SALT:], head)
+    except InvalidTag:
+        return None
+    return seal(header(f["type"], f["port"], f["node"], f["run"], f["peer_run"], f["counter"],
+                       f["version"], f["flags"] & ~FLAG_SEALED, f["magic"]) + plain)
+
+
+def is_sealed(datagram):
+    return len(datagram) >= HEADER.size and bool(fields(datagram)["flags"] & FLAG_SEALED)
+
+
+# -- a minimal sender of one's own --------------------------------------------------------
+
+class Client:
+    """A minimal tinymq peer written from PROTOCOL.md, with a UDP socket of its own: what
+    a test needs to play a sender that receives at its address (an attacker with a host
+    of its own is one), not a daemon.
+
+        c = Client("127.0.0.2", rng)      # any loopback address is a host of its own
+        c.handshake(("127.0.0.1", port))  # DATA without cookie -> the daemon's HELLO
+        c.send(c.data(stream, base, [frame(seq, message(...))]))  # taken: it echoes
+                                          # the daemon's run and this address's cookie
+        c.sync()                          # the daemon has handled all sent before
+
+    handshake() is the cookie round trip: the first DATA echoes nothing, the HELLO that
+    comes back carries the daemon's node and run (header) and the cookie of this address
+    (body). data() builds DATA that echoes them unless told otherwise. With `psk` (a
+    pre-shared key the daemon has for this address) it is a keyed peer: send() seals
+    what it sends with it, receive() opens what comes back (what it cannot open stays as
+    it came).
+    """
+
+    def __init__(self, host="127.0.0.1", rng=None, node=None, run=None, port=None, psk=None):
+        import random
+        import socket
+        self.rng = rng or random.Random()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        self.sock.bind((host, 0))
+        self.address = self.sock.getsockname()[:2]
+        self.port = port or self.address[1]  # the listening port the header claims
+        self.node = node or self.rng.randrange(1, MAX_ID + 1)
+        self.run = run or self.rng.randrange(1, MAX_ID + 1)
+        self.counter = 0
+        self.pn = 0
+        self.target = None
+        self.peer_node = self.peer_run = self.cookie = 0
+        self.psk = psk
+        self.sent_bytes = 0
+        self._sync_stream = self.rng.randrange(1, MAX_ID + 1)
+
+    def close(self):
+        self.sock.close()
+
+    def next_counter(self):
+        self.counter += 1
+        return self.counter
+
+    def header(self, kind, peer_run=None, node=None, counter=None, port=None, run=None):
+        return header(kind, port or self.port, node or self.node, run or self.run,
+                      self.peer_run if peer_run is None else peer_run,
+                      counter or self.next_counter())
+
+    def data(self, stream, base, frames, pn=None, dst=0, cookie=None, peer_run=None,
+             node=None):
+        """A DATA datagram (CRC sealed); frames as frame() makes them; by default it
+        echoes what handshake() learned."""
+        if pn is None:
+            self.pn += 1
+            pn = self.pn
+        return seal(self.header(DATA, peer_run, node) + data_body(
+            stream, pn, base, frames, dst, self.cookie if cookie is None else cookie))
+
+    def send(self, datagram, addr=None):
+        """Send to addr (the handshake's target by default); False if the kernel refused
+        (e.g. a full send buffer): the datagram was simply not sent."""
+        if self.psk is not None and not is_sealed(datagram):
+            datagram = aead_seal(datagram, self.psk)
+        try:
+            self.sock.sendto(datagram, addr or self.target)
+        except OSError:
+            return False
+        self.sent_bytes += len(datagram)
+        return True
+
+    def receive(self, timeout=0.0):
+        """[(datagram, address)] that came, waiting up to `timeout` for the first."""
+        import select
+        out = []
+        wait = timeout
+        while select.select([self.sock], [], [], wait)[0]:
+            try:
+                d, source = self.sock.recvfrom(65535)
+            except OSError:
+                continue
+            if self.psk is not None and is_sealed(d):
+                d = aead_open(d, self.psk) or d
+            out.append((d, source))
+            wait = 0
+        return out
+
+    def handshake(self, addr, timeout=5.0):
+        """The cookie round trip with the daemon at addr; returns self."""
+        import time
+        self.target = addr
+        stream = self.rng.randrange(1, MAX_ID + 1)
+        probe = message(3, None, b"", b"handshake")  # never stored: it is not taken
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send(self.data(stream, 1, [frame(1, probe, nfrags=2, chunk=probe[:1])],
+                                peer_run=0, cookie=0))
+            for d, source in self.receive(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if problem(d) is None and fields(d)["type"] == HELLO and \
+                        HELLO_BODY.unpack(body(d))[0] == stream:
+                    f = fields(d)
+                    self.peer_node, self.peer_run = f["node"], f["run"]
+                    self.cookie = HELLO_BODY.unpack(body(d))[1]
+                    # the stream sync() uses, made now: later, this address's share of
+                    # streams and memory may be taken by what the client sends
+                    self.sync(max(1.0, deadline - time.monotonic()))
+                    return self
+        raise AssertionError(f"no HELLO from {addr} within {timeout} s")
+
+    def sync(self, timeout=10.0):
+        """Wait until the daemon has handled everything this client sent before: a DATA
+        on a stream of its own (one fragment of a message that never completes, so
+        nothing is stored; the daemon drops such a fragment after a minute, so sync()
+        serves for that long) is acknowledged once the daemon has read it, and the
+        daemon reads its socket in order. Returns the replies that came meanwhile."""
+        import time
+        probe = message(3, None, b"", b"sync" * 10)
+        self.pn += 1
+        pn = self.pn
+        self.send(self.data(self._sync_stream, 1, [frame(1, probe, nfrags=2,
+                                                         chunk=probe[:1])], pn=pn))
+        deadline = time.monotonic() + timeout
+        got = []
+        while time.monotonic() < deadline:
+            for d, source in self.receive(0.05):
+                got.append((d, source))
+                if problem(d) is None and fields(d)["type"] == ACK:
+                    stream, _c, _r, _l, ranges = ack_fields(d)
+                    if stream == self._sync_stream and any(lo <= pn <= hi for lo, hi in ranges):
+                        return got
+        raise AssertionError(f"no acknowledgement of the sync DATA within {timeout} s")
