@@ -55,11 +55,16 @@ def test_chaos_short_both_ways_with_kills(make_daemon, make_relay):
 
 @pytest.mark.chaos
 @pytest.mark.timeout(3600)
-def test_chaos_full_20000_and_5000_messages_40_kills(make_daemon, make_relay, request):
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_chaos_full_20000_and_5000_messages_40_kills(make_daemon, make_relay, request,
+                                                     tmp_path, keyed):
+    """keyed: both daemons keyed peers, every datagram sealed (pytest -m chaos -k keyed
+    for that one only, -k plain for the other)."""
     if not chaos_selected(request.config):
         pytest.skip("the full chaos run: make chaos (pytest -m chaos)")
     run = ChaosRun(make_daemon, make_relay, seed=seed_from_env(2026), n_ab=20000, n_ba=5000,
-                   kills=40, backlog=3000, point_timeout=300, final_timeout=900)
+                   kills=40, backlog=3000, point_timeout=300, final_timeout=900,
+                   keyed=keyed, key_dir=tmp_path)
     figures = run.run()
     report = format_figures(figures)
     print("\n" + report)

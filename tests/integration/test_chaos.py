@@ -7,7 +7,8 @@ import signal
 import pytest
 
 from tests.support import db as dbmod
-from tests.support.chaos import FAULTS, Direction, mixed
+from tests.support.chaos import (FAULTS, ChaosRun, Direction, assert_clean, format_figures,
+                                 mixed, seed_from_env)
 from tests.support.wait import holds_for, wait_until
 
 
@@ -73,3 +74,23 @@ def test_corruption_and_truncation_never_reach_mqin(pair, make_relay):
     assert st["forward"]["corrupted"] > 0 and st["forward"]["truncated"] > 0
     a.stop()
     b.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_keyed_chaos_short_both_ways_with_kills(make_daemon, make_relay, tmp_path):
+    """The short chaos run (test_adversity) with keyed peers (every datagram sealed, SPEC
+    guarantee 11): 3,000 + 1,000 messages through relays with 10% loss, 5% duplication,
+    reordering and jitter, 6 kill events;
+    nothing lost, duplicated or reordered, every message authenticated by the key. The
+    full keyed run is test_adversity's full chaos run with keyed=True (make chaos)."""
+    run = ChaosRun(make_daemon, make_relay, seed=seed_from_env(8), n_ab=3000, n_ba=1000,
+                   kills=6, backlog=1500, point_timeout=90, final_timeout=120,
+                   keyed=True, key_dir=tmp_path)
+    figures = run.run()
+    print("\n" + format_figures(figures))
+    assert_clean(figures)
+    assert figures["keys"] == {"a": ["chaos"], "b": ["chaos"]}
+    assert figures["kills"]["total"] >= 6
+    assert figures["kills"]["with_traffic"] >= 5, "the transfer ended before the kills"
+    assert figures["relays"]["a->b"]["forward"]["dropped"] > 0
