@@ -53,13 +53,15 @@ class Endpoint:
         if run not in self.past_runs:
             self.past_runs.append(run)
 
-    def take_hello(self, hello, our_run):
+    def take_hello(self, hello, our_run, tag):
         """Whether a HELLO naming one of our streams is a real answer: sealed as we seal,
-        echoing our run, or announcing a start with a run not seen before (a replayed old
-        one changes nothing). Takes its cookie."""
+        echoing our run and the stream's tag (an answer to our DATA), or announcing a
+        start with a run not seen before (tag 0: a replayed old one changes nothing).
+        Takes its cookie."""
         header = hello.header
-        if (header.peer_run not in (0, our_run) or not self.answers_with_right_key(header.key)
-                or (header.peer_run == 0 and header.run in self.past_runs)):
+        answer = header.peer_run == our_run and hello.tag == tag
+        announce = header.peer_run == 0 and hello.tag == 0 and header.run not in self.past_runs
+        if not (answer or announce) or not self.answers_with_right_key(header.key):
             return False
         self.heard_run(header.run)
         if hello.cookie:

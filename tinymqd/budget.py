@@ -3,7 +3,7 @@ per source address. Every stream, partial message, fragment and message waiting 
 the disk costs a fixed overhead besides its bytes, so that many empty or tiny pieces
 cost as much as they really do."""
 
-STREAM_COST = 1024  # bytes charged for a stream's state, besides what it buffers
+STREAM_COST = 8192  # bytes charged for a stream's state (with its packet ranges)
 PARTIAL_COST = 256  # ... for a message whose fragments are arriving
 FRAGMENT_COST = 96  # ... for each fragment held
 MESSAGE_COST = 160  # ... for a whole message waiting for an earlier one or the disk

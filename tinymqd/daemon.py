@@ -87,7 +87,7 @@ class Daemon:
         scheduler = Scheduler(self.stopping, cfg, self.origin, self.sender, sock.family,
                               writer, self.peer_keys)
         inbound = Inbound(self.origin, writer, self.sender.send,
-                          store.known_senders(cfg.database), cfg.max_message, cfg.keys)
+                          store.StoredUpto(cfg.database), cfg.max_message, cfg.keys)
         receiver = Receiver(self.stopping, sock, self.origin, self.sender, self.gate,
                             inbound, scheduler.inbox)
         self.workers = [writer, scheduler, receiver]

@@ -115,7 +115,7 @@ class Gate:
         self._hellos[ident] = now
         key = self._key_named(data.header.key, addr[0])
         send(protocol.encode_hello(self.origin, data.header.run, data.stream,
-                                   self.cookie(addr), key), addr, local)
+                                   self.cookie(addr), key, data.tag), addr, local)
         return True
 
     def _spend(self, now):

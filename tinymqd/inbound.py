@@ -102,7 +102,7 @@ def _message_cost(message):
 class InboundStream:
     __slots__ = ("sender", "sender_hex", "stream", "committed", "submitted", "partial", "ready",
                  "rows", "received", "peer_run", "addr", "local", "shost", "sport",
-                 "source", "cost", "refused", "key", "active", "stored")
+                 "source", "cost", "refused", "key", "active", "stored", "tag")
 
     def __init__(self, sender, stream, committed, source):
         self.sender = sender
@@ -125,6 +125,7 @@ class InboundStream:
         self.key = None  # name of the key its datagrams are sealed with (None: unsealed)
         self.active = 0.0  # when a datagram last came
         self.stored = 0  # messages stored in this run
+        self.tag = 0  # the sender's tag of this stream: our ACKs echo it
 
     def idle(self):
         """Nothing held and nothing on its way to the disk: it can be forgotten."""
@@ -135,7 +136,7 @@ class InboundStream:
 class Inbound:
     """Owned by the receiver thread; the writer thread calls back under `lock`."""
 
-    def __init__(self, origin, writer, send, known, max_message=DEFAULT_MAX_MESSAGE_BYTES,
+    def __init__(self, origin, writer, send, stored_upto, max_message=DEFAULT_MAX_MESSAGE_BYTES,
                  keys=None):
         self.origin = origin  # our node, run and datagram counter (protocol.Origin)
         self.keys = keys or {}  # name -> key: ACKs are sealed like the data they answer
@@ -152,7 +153,9 @@ class Inbound:
         self.lock = threading.Lock()
         self.streams = collections.OrderedDict()  # least recently heard from first
         self.streams_of = collections.Counter()  # source address -> streams held
-        self.known = known  # (sender, stream) -> committed, from tinymq_rx
+        # stored_upto(sender, stream): how far tinymq_rx says that stream is stored (0:
+        # never heard of); read when a stream comes (back) into memory.
+        self.stored_upto = stored_upto
         self.dirty = set()
         self.committed_messages = 0
         self.refused_streams = 0  # new streams not taken: too many already
@@ -178,6 +181,7 @@ class Inbound:
             st.shost = display_host(addr[0])
             st.sport = header.port
             st.key = header.key
+            st.tag = dgram.tag
             if dgram.base > st.submitted:
                 self._skip_to(st, dgram.base)
             keep = True
@@ -205,7 +209,8 @@ class Inbound:
                 or not self.budget.fits(source, STREAM_COST)) and not self._evict(source):
             self.refused_streams += 1
             return None
-        st = self.streams[key] = InboundStream(node, stream, self.known.pop(key, 0), source)
+        st = self.streams[key] = InboundStream(node, stream, self.stored_upto(node, stream),
+                                               source)
         self.streams_of[source] += 1
         self._charge(st, STREAM_COST)
         return st
@@ -221,12 +226,13 @@ class Inbound:
         return False
 
     def _forget(self, st):
+        """Out of memory; what it stored is in tinymq_rx, where it is read again if the
+        stream comes back (a stream that only skipped ahead is skipped again by its
+        sender's base)."""
         del self.streams[(st.sender, st.stream)]
         self.streams_of[st.source] -= 1
         if not self.streams_of[st.source]:
             del self.streams_of[st.source]
-        if st.committed:
-            self.known[(st.sender, st.stream)] = st.committed  # it is in tinymq_rx too
         self._charge(st, -st.cost)
 
     def _charge(self, st, cost):
@@ -391,5 +397,5 @@ class Inbound:
         self.send(protocol.encode_ack(self.origin, st.peer_run, st.stream, st.committed,
                                       st.received.recent(), st.refused,
                                       self.max_message if st.refused else 0,
-                                      self.keys.get(st.key)),
+                                      self.keys.get(st.key), st.tag),
                   st.addr, st.local)

@@ -10,6 +10,7 @@ How fast it may send is congestion.py's business.
 """
 
 import collections
+import secrets
 
 from tinymqd import protocol
 from tinymqd.congestion import Congestion
@@ -45,6 +46,9 @@ class OutStream:
 
     def __init__(self, stream_id, chunk, node=None):
         self.id = stream_id
+        # Random per stream and run: only a peer that sees our DATA knows it, and its
+        # ACKs and HELLOs must echo it (with the stream id: 127 secret bits).
+        self.tag = secrets.randbits(64)
         self.node = node  # the node id this stream was numbered by (None: ours)
         self.chunk = chunk
         self.load_from = None  # next seq to read from mqout; None: find the lowest
@@ -124,7 +128,7 @@ class OutStream:
         datagram = protocol.encode_data(
             origin, self.node, self.peer_run, self.id, pn, self.peer_node, cookie,
             self.base, [(m.seq, f, m.nfrags, len(m.blob), m.crc, c) for m, f, c in frames],
-            key)
+            key, self.tag)
         return pn, datagram, [(m, f) for m, f, _ in frames]
 
     def _peek(self):

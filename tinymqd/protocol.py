@@ -30,15 +30,17 @@ FLAG_SEALED = 0x01  # the body is sealed with a pre-shared key (sealing.py)
 # every datagram of the source's run (never reused)
 HEADER = struct.Struct("!3sBBBHQQQQ")
 CRC = struct.Struct("!I")
-# stream, its packet number, destination node (0: not known), cookie, base
-DATA_HEAD = struct.Struct("!QQQQQ")
+# stream, its packet number, destination node (0: not known), cookie, base, and the
+# stream's tag (random per stream and run: ACKs and HELLOs must echo it)
+DATA_HEAD = struct.Struct("!QQQQQQ")
 # seq, fragment index, fragment count, length and CRC-32 of the whole encoded message,
 # chunk length
 FRAME = struct.Struct("!QIIIIH")
-# stream, committed, refused seq (0: none), the refusing receiver's max_message, ranges
-ACK_HEAD = struct.Struct("!QQQQH")
+# stream, committed, refused seq (0: none), the refusing receiver's max_message, the
+# stream's tag (echoed), the count of ranges
+ACK_HEAD = struct.Struct("!QQQQQH")
 RANGE = struct.Struct("!QQ")  # lowest, highest packet number received (inclusive)
-HELLO_BODY = struct.Struct("!QQ")  # a stream of the destination node, cookie
+HELLO_BODY = struct.Struct("!QQQ")  # a stream of the destination node, cookie, its tag
 
 OVERHEAD = HEADER.size + CRC.size
 DATA_OVERHEAD = OVERHEAD + DATA_HEAD.size
@@ -59,10 +61,10 @@ REAL = struct.Struct("!d")  # REAL data: IEEE 754 double, exactly (also +-Inf)
 # key: the name of the key that authenticated the datagram (None: unsealed)
 Header = collections.namedtuple("Header", "type flags port node run peer_run counter key",
                                 defaults=(None,))
-Data = collections.namedtuple("Data", "header stream pn dst cookie base frames")
+Data = collections.namedtuple("Data", "header stream pn dst cookie base tag frames")
 Frame = collections.namedtuple("Frame", "seq frag nfrags total crc chunk")
-Ack = collections.namedtuple("Ack", "header stream committed refused limit ranges")
-Hello = collections.namedtuple("Hello", "header stream cookie")
+Ack = collections.namedtuple("Ack", "header stream committed refused limit tag ranges")
+Hello = collections.namedtuple("Hello", "header stream cookie tag")
 Message = collections.namedtuple("Message", "kind token sent data")
 
 
@@ -90,25 +92,27 @@ class Origin(collections.namedtuple("Origin", "port node run counter sessions",
                             peer_run, counter)
 
 
-def encode_data(origin, node, peer_run, stream, pn, dst, cookie, base, frames, key=None):
+def encode_data(origin, node, peer_run, stream, pn, dst, cookie, base, frames, key=None,
+                tag=0):
     """frames: iterable of (seq, frag, nfrags, total, crc, chunk bytes). node: the
     stream's node id (None: ours). key: seal with it (bytes; None: unsealed)."""
-    parts = [DATA_HEAD.pack(stream, pn, dst, cookie, base)]
+    parts = [DATA_HEAD.pack(stream, pn, dst, cookie, base, tag)]
     for seq, frag, nfrags, total, crc, chunk in frames:
         parts.append(FRAME.pack(seq, frag, nfrags, total, crc, len(chunk)))
         parts.append(chunk)
     return origin.finish(DATA, peer_run, parts, key, node)
 
 
-def encode_ack(origin, peer_run, stream, committed, ranges, refused=0, limit=0, key=None):
+def encode_ack(origin, peer_run, stream, committed, ranges, refused=0, limit=0, key=None,
+               tag=0):
     """ranges: (low, high) packet numbers received, most recent first."""
-    parts = [ACK_HEAD.pack(stream, committed, refused, limit, len(ranges))]
+    parts = [ACK_HEAD.pack(stream, committed, refused, limit, tag, len(ranges))]
     parts.extend(RANGE.pack(lo, hi) for lo, hi in ranges)
     return origin.finish(ACK, peer_run, parts, key)
 
 
-def encode_hello(origin, peer_run, stream, cookie=0, key=None):
-    return origin.finish(HELLO, peer_run, [HELLO_BODY.pack(stream, cookie)], key)
+def encode_hello(origin, peer_run, stream, cookie=0, key=None, tag=0):
+    return origin.finish(HELLO, peer_run, [HELLO_BODY.pack(stream, cookie, tag)], key)
 
 
 def decode(datagram, keys_for=None, sessions=None):
@@ -156,17 +160,17 @@ def decode(datagram, keys_for=None, sessions=None):
     if kind == HELLO:
         if body_end - HEADER.size != HELLO_BODY.size:
             raise BadDatagram("malformed hello")
-        stream, cookie = HELLO_BODY.unpack_from(datagram, HEADER.size)
+        stream, cookie, tag = HELLO_BODY.unpack_from(datagram, HEADER.size)
         if not 0 < stream <= MAX_ID:
             raise BadDatagram("field out of range")
-        return Hello(header, stream, cookie)
+        return Hello(header, stream, cookie, tag)
     raise BadDatagram("unknown type")
 
 
 def _decode_data(header, datagram, pos, end):
     if end - pos < DATA_HEAD.size:
         raise BadDatagram("malformed data")
-    stream, pn, dst, cookie, base = DATA_HEAD.unpack_from(datagram, pos)
+    stream, pn, dst, cookie, base, tag = DATA_HEAD.unpack_from(datagram, pos)
     if not (0 < stream <= MAX_ID and 0 < pn <= MAX_ID and dst <= MAX_ID
             and 0 < base <= MAX_ID):
         raise BadDatagram("field out of range")
@@ -178,20 +182,20 @@ def _decode_data(header, datagram, pos, end):
         seq, frag, nfrags, total, crc, length = FRAME.unpack_from(datagram, pos)
         pos += FRAME.size
         if (pos + length > end or not 0 <= frag < nfrags <= MAX_FRAGMENTS
-                or not base <= seq <= MAX_ID or total < MESSAGE_HEAD.size
+                or not base <= seq < MAX_ID or total < MESSAGE_HEAD.size
                 or not 0 < length <= total or (nfrags == 1 and length != total)):
             raise BadDatagram("malformed frame")
         frames.append(Frame(seq, frag, nfrags, total, crc, datagram[pos:pos + length]))
         pos += length
     if not frames:
         raise BadDatagram("empty data")
-    return Data(header, stream, pn, dst, cookie, base, frames)
+    return Data(header, stream, pn, dst, cookie, base, tag, frames)
 
 
 def _decode_ack(header, datagram, pos, end):
     if end - pos < ACK_HEAD.size:
         raise BadDatagram("malformed ack")
-    stream, committed, refused, limit, count = ACK_HEAD.unpack_from(datagram, pos)
+    stream, committed, refused, limit, tag, count = ACK_HEAD.unpack_from(datagram, pos)
     pos += ACK_HEAD.size
     if count > MAX_ACK_RANGES or end - pos != count * RANGE.size:
         raise BadDatagram("malformed ack")
@@ -200,7 +204,7 @@ def _decode_ack(header, datagram, pos, end):
     ranges = [RANGE.unpack_from(datagram, pos + i * RANGE.size) for i in range(count)]
     if any(not 0 < lo <= hi <= MAX_ID for lo, hi in ranges):
         raise BadDatagram("malformed ack")
-    return Ack(header, stream, committed, refused, limit, ranges)
+    return Ack(header, stream, committed, refused, limit, tag, ranges)
 
 
 def encode_message(kind, token, sent, data):

@@ -265,7 +265,8 @@ class Scheduler(Worker):
         does not matter (a peer may answer from another of its addresses)."""
         ack = event.ack
         dest = self.destinations.get(ack.stream)
-        if dest is None or not dest.endpoint.answers_with_right_key(ack.header.key):
+        if dest is None or ack.tag != dest.stream.tag or not \
+                dest.endpoint.answers_with_right_key(ack.header.key):
             return
         if ack.committed > dest.assigned and dest.open:
             self.steering.numbered_elsewhere(dest)
@@ -294,7 +295,8 @@ class Scheduler(Worker):
         hello = event.hello
         header = hello.header
         dest = self.destinations.get(hello.stream)
-        if dest is None or not dest.endpoint.take_hello(hello, self.origin.run):
+        if dest is None or not dest.endpoint.take_hello(hello, self.origin.run,
+                                                        dest.stream.tag):
             return
         now = time.monotonic()
         node = header.node

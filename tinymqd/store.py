@@ -169,16 +169,22 @@ def initialize(path, new_run=False):
     return node
 
 
-def known_senders(path):
-    """{(sender, stream): next sequence number expected} from tinymq_rx."""
-    conn = connect(path, readonly=True)
-    try:
-        rows = conn.execute("SELECT sender, stream, next_seq FROM tinymq_rx").fetchall()
-    except sqlite3.DatabaseError as e:
-        raise damaged(path, e) from None
-    finally:
-        conn.close()
-    return {(sender, stream): next_seq for sender, stream, next_seq in rows}
+class StoredUpto:
+    """How far each sending stream is stored here (tinymq_rx), looked up when a stream
+    comes into the receiver's memory, on a read-only connection of its own."""
+
+    QUERY = "SELECT next_seq FROM tinymq_rx WHERE sender = ? AND stream = ?"
+
+    def __init__(self, path):
+        self.path = path
+        self.conn = connect(path, readonly=True)
+
+    def __call__(self, sender, stream):
+        try:
+            row = self.conn.execute(self.QUERY, (sender, stream)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise damaged(self.path, e) from None
+        return row[0] if row else 0
 
 
 def recent_senders(path, days):

@@ -23,11 +23,11 @@ TYPES = (DATA, ACK, HELLO)
 # magic, version, type, flags, port, node, run, peer_run, counter
 HEADER = struct.Struct("!3sBBBHQQQQ")
 CRC = struct.Struct("!I")
-DATA_HEAD = struct.Struct("!QQQQQ")   # stream, pn, dst, cookie, base
+DATA_HEAD = struct.Struct("!QQQQQQ")  # stream, pn, dst, cookie, base, tag
 FRAME = struct.Struct("!QIIIIH")      # seq, frag, nfrags, total, crc, len
-ACK_HEAD = struct.Struct("!QQQQH")    # stream, committed, refused, limit, count
+ACK_HEAD = struct.Struct("!QQQQQH")   # stream, committed, refused, limit, tag, count
 RANGE = struct.Struct("!QQ")
-HELLO_BODY = struct.Struct("!QQ")     # stream, cookie
+HELLO_BODY = struct.Struct("!QQQ")    # stream, cookie, tag
 MESSAGE_HEAD = struct.Struct("!BBHI")  # kind, has_token, ts_len, token_len
 MIN_SIZE = HEADER.size + CRC.size     # 44
 MAX_UDP = 65507                       # largest IPv4 UDP payload
@@ -63,21 +63,21 @@ def frame(seq, blob, frag=0, nfrags=1, chunk=None, total=None, message_crc=None)
             zlib.crc32(blob) if message_crc is None else message_crc, chunk)
 
 
-def data_body(stream, pn, base, frames, dst=0, cookie=0):
+def data_body(stream, pn, base, frames, dst=0, cookie=0, tag=0):
     """frames: (seq, frag, nfrags, total, crc, chunk); see frame()."""
-    out = [DATA_HEAD.pack(stream, pn, dst, cookie, base)]
+    out = [DATA_HEAD.pack(stream, pn, dst, cookie, base, tag)]
     for seq, frag, nfrags, total, message_crc, chunk in frames:
         out.append(FRAME.pack(seq, frag, nfrags, total, message_crc, len(chunk)) + chunk)
     return b"".join(out)
 
 
-def ack_body(stream, committed, ranges, refused=0, limit=0):
-    return ACK_HEAD.pack(stream, committed, refused, limit, len(ranges)) + b"".join(
+def ack_body(stream, committed, ranges, refused=0, limit=0, tag=0):
+    return ACK_HEAD.pack(stream, committed, refused, limit, tag, len(ranges)) + b"".join(
         RANGE.pack(lo, hi) for lo, hi in ranges)
 
 
-def hello_body(stream, cookie=0):
-    return HELLO_BODY.pack(stream, cookie)
+def hello_body(stream, cookie=0, tag=0):
+    return HELLO_BODY.pack(stream, cookie, tag)
 
 
 def message(kind, token, sent, data):
@@ -115,7 +115,7 @@ def with_header(datagram, **changes):
 def data_fields(datagram):
     """(stream, pn, dst, cookie, base, [frames]) of a valid DATA; frames as frame()."""
     b = body(datagram)
-    stream, pn, dst, cookie, base = DATA_HEAD.unpack_from(b)
+    stream, pn, dst, cookie, base, _tag = DATA_HEAD.unpack_from(b)
     pos, frames = DATA_HEAD.size, []
     while pos < len(b):
         seq, frag, nfrags, total, message_crc, length = FRAME.unpack_from(b, pos)
@@ -125,10 +125,15 @@ def data_fields(datagram):
     return stream, pn, dst, cookie, base, frames
 
 
+def data_tag(datagram):
+    """The stream's tag a valid DATA carries (what ACKs and HELLOs must echo)."""
+    return DATA_HEAD.unpack_from(body(datagram))[5]
+
+
 def ack_fields(datagram):
     """(stream, committed, refused, limit, ranges) of a valid ACK."""
     b = body(datagram)
-    stream, committed, refused, limit, count = ACK_HEAD.unpack_from(b)
+    stream, committed, refused, limit, _tag, count = ACK_HEAD.unpack_from(b)
     ranges = [RANGE.unpack_from(b, ACK_HEAD.size + i * RANGE.size) for i in range(count)]
     return stream, committed, refused, limit, ranges
 
@@ -169,7 +174,7 @@ def _header_problem(f):
 def _data_problem(b):
     if len(b) < DATA_HEAD.size:
         return "DATA shorter than its head"
-    stream, pn, dst, _cookie, base = DATA_HEAD.unpack_from(b)
+    stream, pn, dst, _cookie, base, _tag = DATA_HEAD.unpack_from(b)
     if not (0 < stream <= MAX_ID and 0 < pn <= MAX_ID and dst <= MAX_ID and 0 < base <= MAX_ID):
         return "DATA field out of range"
     pos, frames = DATA_HEAD.size, 0
@@ -182,7 +187,7 @@ def _data_problem(b):
             return "frame beyond the datagram"
         if not frag < nfrags <= MAX_FRAGMENTS:
             return "fragment index or count out of range"
-        if not base <= seq <= MAX_ID:
+        if not base <= seq < MAX_ID:
             return "seq below base or out of range"
         if total < MESSAGE_HEAD.size or not 0 < length <= total:
             return "frame length and message length do not fit"
@@ -202,7 +207,7 @@ def _data_problem(b):
 def _ack_problem(b):
     if len(b) < ACK_HEAD.size:
         return "ACK shorter than its head"
-    stream, committed, refused, _limit, count = ACK_HEAD.unpack_from(b)
+    stream, committed, refused, _limit, _tag, count = ACK_HEAD.unpack_from(b)
     if count > MAX_RANGES or len(b) - ACK_HEAD.size != count * RANGE.size:
         return "ACK ranges do not add up"
     if not (0 < stream <= MAX_ID and committed <= MAX_ID and refused <= MAX_ID):
@@ -238,7 +243,7 @@ def problem(datagram):
         return _ack_problem(b)
     if f["type"] == HELLO:
         if len(b) != HELLO_BODY.size:
-            return "HELLO body not 16 bytes"
+            return "HELLO body not 24 bytes"
         return None if 0 < HELLO_BODY.unpack(b)[0] <= MAX_ID else "HELLO stream out of range"
     return "unknown type"
 

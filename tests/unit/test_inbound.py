@@ -28,7 +28,8 @@ class Harness:
         self.acks = []
         self.done = threading.Condition()
         self.inbound = Inbound(protocol.Origin(9000, ME, 1, itertools.count(1)), self.writer,
-                               self.capture, known or {}, max_message=MAX_MESSAGE)
+                               self.capture, lambda *key: (known or {}).get(key, 0),
+                               max_message=MAX_MESSAGE)
 
     def capture(self, datagram, addr, local=None):
         with self.done:
