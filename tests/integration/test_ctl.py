@@ -178,8 +178,6 @@ def test_send_wait_returns_once_delivered_or_fails_and_keeps_the_row(node, make_
     assert a.count("mqout", "x = ?", (x,)) == 1, err
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_send_wait_reports_a_row_deleted_while_no_daemon_runs(node):
     d = created(node("a"))
     proc = ctl_popen(d, "send", "--wait=30", "hostB", "cancel me", stdout=subprocess.PIPE,
@@ -198,6 +196,8 @@ def test_send_wait_reports_a_row_deleted_while_no_daemon_runs(node):
                    "deleted", "not delivered")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_send_under_a_two_way_flood_never_fails(node):
     """400 `tinymq send` one after another while both daemons move a flood both ways."""
     a, b = node("a").start(), node("b").start()
