@@ -11,7 +11,7 @@ back as events (events.RowsRenumbered, events.OldRowsNumbered).
 import json
 import logging
 
-from tinymqd import events, numbering, protocol
+from tinymqd import encoding, events, numbering
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -68,11 +68,6 @@ CLEAR_STREAM_ERROR = """
 UPDATE mqout SET last_error = NULL
 WHERE stream = ? AND seq < ? AND last_error IS NOT NULL
 """
-KIND_BY_TYPE = {b"null": protocol.KIND_NULL, b"integer": protocol.KIND_INTEGER,
-                b"real": protocol.KIND_REAL, b"text": protocol.KIND_TEXT,
-                b"blob": protocol.KIND_BLOB}
-
-
 class Intake:
     """Owned by the scheduler thread. Methods that find numbered rows return
     {stream id: highest sequence number found + 1}."""
@@ -156,7 +151,7 @@ class Intake:
                     found[stream] = seq + 1
                 continue
             if problem is None:
-                problem = _size_problem(size, token_size, ts_size, self.max_message)
+                problem = encoding.size_problem(size, token_size, ts_size, self.max_message)
             if problem is None:
                 if renumber_allowed and self.old_rows_after is None:
                     renumber.append(x)
@@ -256,8 +251,9 @@ class Intake:
                 load_from = seq + 1
                 rows += 1
                 try:
-                    blob = self._message(kind, data, length, token, ts)
-                except Unsendable as e:
+                    blob = encoding.row_message(kind, data, length, token, ts,
+                                                self.max_message)
+                except encoding.Unsendable as e:
                     unsendable.append((str(e), x))
                     continue
                 out.append((seq, x, blob))
@@ -272,21 +268,6 @@ class Intake:
         if unsendable:
             self.take_out(unsendable)
         return out, load_from
-
-    def _message(self, kind, data, length, token, ts):
-        """The row encoded for the wire; raises Unsendable with the reason it cannot be."""
-        ts = ts if isinstance(ts, bytes) else (None if ts is None else str(ts).encode())
-        token_size = len(token) if isinstance(token, bytes) else None
-        size = len(data) if isinstance(data, bytes) else length
-        problem = _size_problem(size, token_size, len(ts or b""), self.max_message)
-        if problem:
-            raise Unsendable(problem)
-        try:
-            return _encode(kind, data, token, ts)
-        except Exception as e:  # noqa: BLE001 - one odd row must not stop the others
-            log.warning("a row cannot be encoded (%s); it stays in mqout with last_error",
-                        e)
-            raise Unsendable(f"cannot be sent: {e}") from None
 
     def rehome(self, stream_id):
         """Close a stream and number its waiting rows afresh in a new one (in x order),
@@ -335,37 +316,8 @@ class Intake:
                                                    (text, stream_id, base, ERROR_ROWS)))
 
 
-class Unsendable(Exception):
-    """A row the wire format cannot carry; str() is its last_error."""
-
-
 def _merge(a, b):
     for stream, upto in b.items():
         if upto > a.get(stream, 0):
             a[stream] = upto
     return a
-
-
-def _size_problem(size, token_size, ts_size, max_message):
-    """Why a row's sizes do not fit (None: they do). A size of None is unknown."""
-    if size is not None and size > max_message:
-        return f"data is {size} bytes or more, larger than max_message ({max_message} bytes)"
-    if token_size is not None and token_size > protocol.MAX_TOKEN_BYTES:
-        return f"token is {token_size} bytes, larger than {protocol.MAX_TOKEN_BYTES} bytes"
-    if ts_size is not None and ts_size > protocol.MAX_SENT_BYTES:
-        return f"ts is {ts_size} bytes, larger than {protocol.MAX_SENT_BYTES} bytes"
-    return None
-
-
-def _encode(kind, data, token, ts):
-    """A row as read (TEXT as bytes) encoded for the wire."""
-    kind = KIND_BY_TYPE.get(kind, protocol.KIND_BLOB)
-    if kind == protocol.KIND_INTEGER:
-        data = int(data)
-    elif kind == protocol.KIND_REAL:
-        data = float(data)
-    elif kind != protocol.KIND_NULL and not isinstance(data, bytes):
-        data = str(data).encode()
-    if token is not None and not isinstance(token, bytes):
-        token = str(token).encode()
-    return protocol.encode_message(kind, token, ts or b"", data)

@@ -9,7 +9,8 @@ import pytest
 
 from tinymqd import inbound as inbound_module, protocol, store
 from tinymqd.budget import STREAM_COST
-from tinymqd.inbound import Inbound, RangeSet
+from tinymqd.inbound import Inbound
+from tinymqd.instream import RangeSet
 from tinymqd.writer import Writer
 
 SENDER, ME = 0x5E, 0x3E

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from tinymqd import intake, numbering, protocol, store, transport
+from tinymqd import encoding, numbering, protocol, store, transport
 from tinymqd.constants import MAX_TOKEN_BYTES
 
 
@@ -46,11 +46,11 @@ def test_the_triggers_number_exactly_the_rows_the_rule_finds_no_problem_in(
 
 
 def test_size_problems_name_the_limit():
-    assert intake._size_problem(10, None, None, 10) is None
-    assert "max_message (9 bytes)" in intake._size_problem(10, None, None, 9)
-    assert intake._size_problem(0, MAX_TOKEN_BYTES, 65535, 10) is None
-    assert "token is 65536 bytes" in intake._size_problem(0, MAX_TOKEN_BYTES + 1, 0, 10)
-    assert "ts is 65536 bytes" in intake._size_problem(0, 0, 65536, 10)
+    assert encoding.size_problem(10, None, None, 10) is None
+    assert "max_message (9 bytes)" in encoding.size_problem(10, None, None, 9)
+    assert encoding.size_problem(0, MAX_TOKEN_BYTES, 65535, 10) is None
+    assert "token is 65536 bytes" in encoding.size_problem(0, MAX_TOKEN_BYTES + 1, 0, 10)
+    assert "ts is 65536 bytes" in encoding.size_problem(0, 0, 65536, 10)
 
 
 @pytest.mark.parametrize("kind,data,wire_kind,wire_data", [
@@ -62,9 +62,9 @@ def test_size_problems_name_the_limit():
     (b"null", None, protocol.KIND_NULL, None),
 ])
 def test_a_row_is_encoded_with_its_type_token_and_ts(kind, data, wire_kind, wire_data):
-    message = protocol.decode_message(intake._encode(kind, data, b"tok", b"2026-01-01"))
+    message = protocol.decode_message(encoding._encode(kind, data, b"tok", b"2026-01-01"))
     assert message == protocol.Message(wire_kind, b"tok", b"2026-01-01", wire_data)
-    assert protocol.decode_message(intake._encode(kind, data, None, None)).token is None
+    assert protocol.decode_message(encoding._encode(kind, data, None, None)).token is None
 
 
 @pytest.mark.parametrize("host,port,text", [
