@@ -45,17 +45,9 @@ class TracedDaemon(Daemon):
 
 
 @pytest.fixture
-def traced(tmp_path):
-    made = []
-
-    def factory(name, **config):
-        d = TracedDaemon(tmp_path, name, **config)
-        made.append(d)
-        return d
-
-    yield factory
-    for d in made:
-        d.cleanup()
+def traced(make_daemon):
+    """Factory: traced(name, **config) -> a TracedDaemon (not started)."""
+    return lambda name, **config: make_daemon(name, daemon_class=TracedDaemon, **config)
 
 
 def layout(tmp_path, kind):

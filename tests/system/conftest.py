@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -79,23 +78,6 @@ def debdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _parallel(fns):
-    errors = []
-
-    def call(fn):
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-    threads = [threading.Thread(target=call, args=(fn,)) for fn in fns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 class Hosts:
     """Containers on one network, each in its own namespace; image is one root for
     all of them or a list with one root per name."""
@@ -140,7 +122,7 @@ def pair(image, debdir):
 
         def inst(c):
             outputs[c.hostname] = install_and_prepare(c)
-        _parallel([lambda: inst(a), lambda: inst(b)])
+        S.run_parallel([lambda: inst(a), lambda: inst(b)])
         hosts.a, hosts.b = a, b
         hosts.install_output = outputs
         yield hosts
@@ -174,7 +156,7 @@ def releases(images, debdir):
 
         def inst(c):
             outputs[c.hostname] = install_and_prepare(c)
-        _parallel([lambda: inst(new), lambda: inst(old)])
+        S.run_parallel([lambda: inst(new), lambda: inst(old)])
         hosts.trixie, hosts.bookworm = new, old
         hosts.install_output = outputs
         yield hosts

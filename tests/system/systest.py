@@ -184,22 +184,31 @@ def image_dir(suite):
     return CACHE / f"rootfs-{suite}-{image_key(suite)}"
 
 
-def ensure_images(log=print):
-    """{suite: root} for every supported suite; missing images are built side by side."""
-    roots, errors = {}, []
+def run_parallel(fns):
+    """Call every fn in its own thread; raise the first error once all are done."""
+    errors = []
 
-    def build(suite):
+    def call(fn):
         try:
-            roots[suite] = ensure_image(suite, log)
+            fn()
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
-    threads = [threading.Thread(target=build, args=(s,)) for s in SUITES]
+    threads = [threading.Thread(target=call, args=(fn,)) for fn in fns]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
+
+
+def ensure_images(log=print):
+    """{suite: root} for every supported suite; missing images are built side by side."""
+    roots = {}
+
+    def build(suite):
+        roots[suite] = ensure_image(suite, log)
+    run_parallel([lambda s=s: build(s) for s in SUITES])
     return roots
 
 
