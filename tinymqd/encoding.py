@@ -3,6 +3,7 @@
 import logging
 
 from tinymqd import protocol
+from tinymqd.constants import MAX_TOKEN_BYTES
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -17,12 +18,16 @@ class Unsendable(Exception):
 
 def row_message(kind, data, length, token, ts, max_message):
     """The row encoded for the wire; raises Unsendable with the reason it cannot be."""
-    ts = ts if isinstance(ts, bytes) else (None if ts is None else str(ts).encode())
-    token_size = len(token) if isinstance(token, bytes) else None
-    size = len(data) if isinstance(data, bytes) else length
-    problem = size_problem(size, token_size, len(ts or b""), max_message)
-    if problem:
-        raise Unsendable(problem)
+    if ts.__class__ is not bytes:
+        ts = b"" if ts is None else str(ts).encode()
+    if token.__class__ is bytes:
+        token_size = len(token)
+    else:
+        token_size = None
+    size = len(data) if data.__class__ is bytes else length
+    if (size is not None and size > max_message) or (token_size or 0) > MAX_TOKEN_BYTES \
+            or len(ts) > protocol.MAX_SENT_BYTES:
+        raise Unsendable(size_problem(size, token_size, len(ts), max_message))
     try:
         return _encode(kind, data, token, ts)
     except Exception as e:  # noqa: BLE001 - one odd row must not stop the others

@@ -33,6 +33,7 @@ class Gate:
         self.sessions = origin.sessions
         self.replays = sealing.ReplayWindow()
         self._secret = os.urandom(COOKIE_SECRET_BYTES)
+        self._cookies = {}  # (address, port) -> cookie: computed once per address
         self._hellos = {}
         self._hello_budget = HELLO_RATE
         self._budget_at = time.monotonic()
@@ -90,6 +91,15 @@ class Gate:
 
     def cookie(self, addr):
         """The value DATA from this address must echo (never 0)."""
+        ident = (addr[0], addr[1])
+        value = self._cookies.get(ident)
+        if value is None:
+            if len(self._cookies) > MAX_REMEMBERED:
+                self._cookies.clear()
+            value = self._cookies[ident] = self._compute_cookie(addr)
+        return value
+
+    def _compute_cookie(self, addr):
         try:
             packed = ipaddress.ip_address(addr[0].split("%", 1)[0]).packed
         except ValueError:

@@ -28,9 +28,12 @@ LAST_X = (1 << 63) - 1  # SQLite's largest rowid: "every row after this one"
 
 # Sizes are checked where data is read (loading); here only for unnumbered rows, so that
 # a row taken out of its stream for its size is not numbered again.
-ROW_COLUMNS = (f"x, stream, seq, last_error, {numbering.row_problem('mqout')}, CASE WHEN "
-               f"stream IS NULL THEN length(CAST(data AS BLOB)) END, "
-               f"length(CAST(token AS BLOB)), length(CAST(ts AS BLOB))")
+# Numbered rows (almost all) need nothing but their number: the rest is only computed
+# for the others.
+ROW_COLUMNS = ", ".join(["x", "stream", "seq", "last_error"] + [
+    f"CASE WHEN stream IS NULL THEN {expression} END" for expression in (
+        numbering.row_problem("mqout"), "length(CAST(data AS BLOB))",
+        "length(CAST(token AS BLOB))", "length(CAST(ts AS BLOB))")])
 NEW_ROWS = f"SELECT {ROW_COLUMNS} FROM mqout WHERE x > ? ORDER BY x LIMIT ?"
 UNNUMBERED = f"""
 SELECT {ROW_COLUMNS} FROM mqout
