@@ -8,7 +8,7 @@ TEST_DEBS = python3-pytest python3-pytest-timeout python3-hypothesis iproute2 pr
 LINT_DEBS = pyflakes3
 PYTEST = $(PYTHON) -m pytest -p no:cacheprovider
 
-.PHONY: all run lint test test-unit test-integration bench chaos deps deps-test clean
+.PHONY: all run lint test test-unit test-integration bench chaos deps deps-test clean test-slow
 
 all: test
 
@@ -42,8 +42,13 @@ run: deps
 	mkdir -p $(RUNDIR)
 	$(PYTHON) -m tinymqd $(PORT) $(RUNDIR)/tinymq.db
 
+# The default run (about 7 minutes); the longer tests (floods, replays after restarts,
+# 10 s locks, 400 `tinymq send`s under load: about 4 minutes more) with test-slow.
 test: deps-test
-	$(PYTEST) tests/unit tests/integration
+	$(PYTEST) -m "not slow" tests/unit tests/integration
+
+test-slow: deps-test
+	$(PYTEST) -m slow tests/integration
 
 test-unit: deps-test
 	$(PYTEST) tests/unit
