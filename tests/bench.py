@@ -28,10 +28,9 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
 
-def throughput(a, b, n, size):
+def throughput(a, b, n, size, tag="bench"):
     """n messages of about `size` bytes pre-inserted in one transaction; time from its
     commit until all are in the receiver's mqin and the sender's mqout is empty."""
-    tag = "bench"
     out = dbmod.connect_ro(a.db)
     inn = dbmod.connect_ro(b.db)
     before = dbmod.max_x(inn)
@@ -120,23 +119,33 @@ def keyed_pair(tmp):
     return [Daemon(tmp, name, key_file=path, peers={"*": "bench"}) for name in ("ka", "kb")]
 
 
-def keyed_figures(tmp, args, plain_rate, plain_p50):
+def keyed_figures(tmp, args, a, b, plain_p50, rounds=3):
     """Throughput and latency with sealed datagrams, beside the unkeyed figures of the
-    same run."""
+    same run: throughput rounds alternate between the unkeyed pair (a, b) and the keyed
+    one, so that the machine's load weighs on both alike; medians are compared."""
     ka, kb = keyed_pair(tmp)
     try:
         ka.start()
         kb.start()
-        rate, elapsed, _ = throughput(ka, kb, args.messages, args.size)
+        plain, keyed = [], []
+        for i in range(rounds):
+            plain.append(throughput(a, b, args.messages, args.size, f"pround{i}")[0])
+            keyed.append(throughput(ka, kb, args.messages, args.size, f"kround{i}")[0])
+        rate, plain_rate = statistics.median(keyed), statistics.median(plain)
         times = latencies(ka, [kb], args.latency_samples, "klat")
         p50 = statistics.median(times)
-        print(f"keyed (AES-256-GCM): throughput {rate:,.0f} messages/s "
-              f"({100 * rate / plain_rate:.0f}% of unkeyed); latency p50 {p50 * 1000:.2f} ms "
-              f"({(p50 - plain_p50) * 1000:+.2f} ms against unkeyed), "
+        print(f"keyed (AES-256-GCM): throughput {rate:,.0f} messages/s, median of {rounds} "
+              f"rounds alternating with unkeyed ones ({_rates(keyed)}; unkeyed "
+              f"{_rates(plain)}): {100 * rate / plain_rate:.0f}% of unkeyed; latency p50 "
+              f"{p50 * 1000:.2f} ms ({(p50 - plain_p50) * 1000:+.2f} ms against unkeyed), "
               f"p99 {percentile(times, 0.99) * 1000:.2f} ms", flush=True)
     finally:
         ka.cleanup()
         kb.cleanup()
+
+
+def _rates(rates):
+    return ", ".join(f"{r:,.0f}" for r in rates)
 
 
 def idle_cpu(daemon, seconds):
@@ -166,7 +175,7 @@ def main(argv=None):
             print(f"latency INSERT -> peer's mqin: p50 {statistics.median(times) * 1000:.2f} ms, "
                   f"p99 {percentile(times, 0.99) * 1000:.2f} ms ({args.latency_samples} "
                   f"samples)", flush=True)
-            keyed_figures(tmp, args, rate, statistics.median(times))
+            keyed_figures(tmp, args, a, b, statistics.median(times))
             failures = cli_inserts_under_load(a, b, args.messages, args.cli_inserts)
             print(f"sqlite3 CLI inserts without busy timeout while {args.messages} messages "
                   f"flow in: {failures} of {args.cli_inserts} failed "
