@@ -48,13 +48,18 @@ class DbError(Exception):
 def open_database(path, write=True):
     """A connection to the tinymq database at `path` (never creates one); without
     `write`, read-only where the file is not writable."""
-    if not os.path.exists(path):
+    denied = (f"database {path}: permission denied (root and members of group tinymq "
+              f"may use it)")
+    try:
+        os.stat(path)
+    except PermissionError:  # e.g. /var/lib/tinymq (2770) is closed to non-members
+        raise DbError(denied) from None
+    except OSError:
         raise DbError(f"database {path} does not exist (tinymqd creates it when it "
-                      f"starts; `tinymqd --create-db` creates it without starting)")
+                      f"starts; `tinymqd --create-db` creates it without starting)") from None
     writable = os.access(path, os.R_OK | os.W_OK)
     if not (writable or (not write and os.access(path, os.R_OK))):
-        raise DbError(f"database {path}: permission denied (root and members of group "
-                      f"tinymq may use it)")
+        raise DbError(denied)
     mode = "rw" if writable else "ro"
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
     try:
