@@ -182,6 +182,32 @@ def load(path=None, port=None, database=None):
     return _with_keys(settings, source)
 
 
+# The keys the `tinymq` command uses; the others are the daemon's.
+CLIENT_KEYS = ("database", "control_socket")
+
+
+def load_for_client(path=None, database=None):
+    """(Config, problem) for the `tinymq` command: only database and control_socket must
+    be right. A problem with another key (problem: its one line, else None) is the
+    daemon's: a bad edit keeps the running daemon's configuration (systemctl reload), and
+    tinymq keeps working meanwhile. The key file is not read."""
+    values, source = {}, "built-in defaults"
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        source = path
+        values = _read_yaml(path)
+    settings = _clean({key: values[key] for key in CLIENT_KEYS if key in values}, source)
+    if database is not None:
+        settings.update(_clean({"database": database}, "command line"))
+    try:
+        _clean(values, source)
+        problem = None
+    except ConfigError as e:
+        problem = str(e)
+    return Config(source=source, **settings), problem
+
+
 def _read_yaml(path):
     try:
         with open(path, encoding="utf-8") as f:

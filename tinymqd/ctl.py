@@ -223,7 +223,10 @@ def _fail(message, status=EX_FAILED):
 
 def run(args):
     """Load the configuration, open the database and run the command."""
-    cfg = config.load(args.config, database=args.database)
+    cfg, problem = config.load_for_client(args.config, database=args.database)
+    if problem:
+        print(f"tinymq: warning: {problem} (not used by tinymq; tinymqd refuses the file "
+              f"at its next reload or restart)", file=sys.stderr, flush=True)
     command = ctl_commands.COMMANDS[args.command]
     if args.command == "flush":
         return command(args, cfg, None)

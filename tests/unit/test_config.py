@@ -140,3 +140,18 @@ def test_bad_peers_allow_and_require_key_name_the_key(tmp_path, text, problem):
 def test_peers_without_a_key_file_is_an_error(tmp_path):
     with pytest.raises(config.ConfigError, match="needs key_file"):
         config.load(write(tmp_path, "peers:\n  hostB: alpha\n"))
+
+
+def test_the_tinymq_command_needs_only_database_and_control_socket(tmp_path):
+    """A bad key the command does not use (log_level, here) is a problem to report, not a
+    reason to stop: the running daemon keeps its configuration after a bad reload."""
+    path = write(tmp_path, "database: /x.db\ncontrol_socket: /s\nlog_level: loud\n"
+                           "key_file: /nonexistent\n")
+    cfg, problem = config.load_for_client(path, database="/y.db")
+    assert (cfg.database, cfg.control_socket, cfg.source) == ("/y.db", "/s", path)
+    assert path in problem and "'log_level'" in problem and "\n" not in problem
+    assert config.load_for_client(write(tmp_path, "port: 9100\n"))[1] is None
+    with pytest.raises(config.ConfigError, match="'database'"):
+        config.load_for_client(write(tmp_path, "database: ''\nlog_level: loud\n"))
+    with pytest.raises(config.ConfigError, match="YAML syntax error"):
+        config.load_for_client(write(tmp_path, "database: [oops\n"))
