@@ -643,3 +643,34 @@ def assert_exactly_once(receiver, sender, prefix, n, timeout=120):
     assert not missing and not duplicated and len(rows) == n, (
         f"{len(rows)} rows for {n} messages; missing {missing[:10]}, duplicated {duplicated[:10]}")
     assert rows == expected, "messages arrived out of order"
+
+
+# ------------------------------------------------------- the service's journal
+
+RELOADED = "configuration reloaded from "  # the daemon's line after a reload
+RELOAD_FAILED = "reload failed, the running configuration stays: "
+
+
+def journal(c, *matches, unit="tinymq"):
+    """This boot's journal entries of the unit as dicts (journalctl -o json), only those
+    with every FIELD=value of matches (e.g. "TINYMQ_PEER=hostb:9000") when given."""
+    out = c.out(f"journalctl -u {unit} -b --no-pager -q -o json "
+                + " ".join(shlex.quote(m) for m in matches), timeout=30)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def daemon_lines(c, prefix="", unit="tinymq"):
+    """This boot's journal lines of the unit that start with prefix, oldest first."""
+    out = c.run(f"journalctl -u {unit} -b --no-pager -q -o cat", timeout=30).stdout
+    return [line for line in out.splitlines() if line.startswith(prefix)]
+
+
+def reload_tinymq(c, outcome=RELOADED, timeout=10):
+    """systemctl reload tinymq. It returns before the daemon has re-read the file
+    (ExecReload only sends SIGHUP), so wait for the daemon's next line saying how it
+    went (outcome: RELOADED or RELOAD_FAILED); that line."""
+    before = len(daemon_lines(c, outcome))
+    c.run("systemctl reload tinymq")
+    lines = wait_for(f"tinymqd on {c.hostname} to log {outcome!r}",
+                     lambda: daemon_lines(c, outcome)[before:], timeout)
+    return lines[0]
