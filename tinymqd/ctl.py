@@ -1,7 +1,7 @@
 """The `tinymq` command line: tinymq [-c FILE] [--database FILE] COMMAND ...
 
-send, recv, status, queue, flush, hold, release, delete (tinymq(1)). This module parses
-the arguments, reads the configuration, opens the database and maps every failure to
+send, recv, status, queue, flush, reload, hold, release, delete (tinymq(1)). This module
+parses the arguments, reads the configuration, opens the database and maps every failure to
 one line on stderr and an exit status: 0 done, 1 failed, 2 usage, 69 the daemon is not
 running where it is needed (sysexits.h EX_UNAVAILABLE). The commands are in
 ctl_commands. From a checkout: /usr/bin/python3 -m tinymqd.ctl ARGS.
@@ -159,6 +159,10 @@ def _add_rest(sub):
                  "Ask tinymqd to retry now (all destinations, or HOST's).")
     p.add_argument("host", nargs="?", type=_host, metavar="HOST")
     p.add_argument("--port", type=_port, metavar="P", help="only HOST's port P")
+    sub.add_parser("reload", "make tinymqd read its configuration again",
+                   "Ask tinymqd to read its configuration again (as systemctl reload "
+                   "tinymq does) and wait until it runs with it; a bad file is refused and "
+                   "the running configuration stays.")
     for name, what in (("hold", "stop sending to HOST (kept across restarts)"),
                        ("release", "resume sending to HOST")):
         p = sub.add_parser(name, what, what[0].upper() + what[1:] + ".")
@@ -224,11 +228,11 @@ def _fail(message, status=EX_FAILED):
 def run(args):
     """Load the configuration, open the database and run the command."""
     cfg, problem = config.load_for_client(args.config, database=args.database)
-    if problem:
+    if problem and args.command != "reload":  # for reload, tinymqd's answer says it
         print(f"tinymq: warning: {problem} (not used by tinymq; tinymqd refuses the file "
               f"at its next reload or restart)", file=sys.stderr, flush=True)
     command = ctl_commands.COMMANDS[args.command]
-    if args.command == "flush":
+    if args.command in ("flush", "reload"):  # the daemon's business only
         return command(args, cfg, None)
     db = ctl_db.open_database(cfg.database, write=args.command not in ("status", "queue"))
     try:

@@ -14,6 +14,9 @@ from tinymqd import ctl_client, ctl_db, ctl_recv, ctl_report
 from tinymqd.ctl_watch import ChangeWaiter, Stop
 
 
+RELOAD_WAIT_S = 10.0  # tinymqd gives up after 8 s and says so
+
+
 class CommandError(Exception):
     """The command did not do what was asked; str() is the one line for the user."""
 
@@ -167,7 +170,7 @@ def queue(args, cfg, db):
     return 0
 
 
-# -- flush, hold, release, delete --------------------------------------------------------
+# -- flush, reload, hold, release, delete ------------------------------------------------
 
 def flush(args, cfg, db):
     """Ask the daemon to retry now (needs it: NotRunning otherwise)."""
@@ -177,6 +180,13 @@ def flush(args, cfg, db):
         _say(f"tinymqd has nothing for {_where(args.host, args.port)}")
     else:
         _say(f"flushed {woken} destination{'' if woken == 1 else 's'}")
+    return 0
+
+
+def reload(args, cfg, db):
+    """Ask the daemon to read its configuration again; it answers once it runs with it."""
+    answer = ctl_client.ask(cfg, "reload", timeout=RELOAD_WAIT_S)
+    _say(f"tinymqd reloaded {answer.get('config') or 'its configuration'}")
     return 0
 
 
@@ -213,4 +223,4 @@ def delete(args, cfg, db):
 
 
 COMMANDS = {"send": send, "recv": recv, "status": status, "queue": queue, "flush": flush,
-            "hold": hold, "release": release, "delete": delete}
+            "reload": reload, "hold": hold, "release": release, "delete": delete}

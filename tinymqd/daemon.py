@@ -38,6 +38,44 @@ PEERS_REFRESH_S = 60.0  # host names in `peers` are looked up again this often
 SWITCH_INTERVAL_S = 0.0002
 RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
 ASK_TIMEOUT_S = 2.0  # for the sending thread to answer the control socket
+# For `tinymq reload` to wait (below HEARTBEAT_LIMIT_S: the control thread waits too).
+RELOAD_TIMEOUT_S = 8.0
+
+
+class Reloads:
+    """Reloads wanted by SIGHUP or `tinymq reload`; the main thread carries them out. A
+    `tinymq reload` waits for one that begins after it asked, and hears how it went (so
+    `systemctl reload` returns once the new configuration runs, or fails)."""
+
+    def __init__(self):
+        self.wanted = False  # set without the lock: the signal handler may not block
+        self._changed = threading.Condition()
+        self._begun = self._done = 0
+        self._error = None
+
+    def begin(self):
+        """Main thread: whether a reload is wanted; if so it begins now."""
+        if not self.wanted:
+            return False
+        with self._changed:
+            self.wanted = False
+            self._begun += 1
+        return True
+
+    def end(self, error=None):
+        with self._changed:
+            self._done, self._error = self._begun, error
+            self._changed.notify_all()
+
+    def request(self, timeout):
+        """Another thread: want a reload and wait for it. Its error (None: reloaded);
+        raises TimeoutError."""
+        with self._changed:
+            mine = self._begun + 1
+            self.wanted = True
+            if not self._changed.wait_for(lambda: self._done >= mine, timeout):
+                raise TimeoutError
+            return self._error
 
 
 class Daemon:
@@ -45,7 +83,7 @@ class Daemon:
         self.cfg = cfg
         self.load_config = load_config  # reads the configuration again (SIGHUP)
         self.stopping = threading.Event()
-        self.reload_wanted = False
+        self.reloads = Reloads()
         self.started = time.time()
         self.notifier = sdnotify.SystemdNotifier()
 
@@ -98,7 +136,7 @@ class Daemon:
             self.workers.append(control)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self.reloads, "wanted", True))
         for worker in self.workers:
             worker.start()
         deadline = time.monotonic() + START_DEADLINE_S
@@ -156,9 +194,8 @@ class Daemon:
                     log.error("worker(s) %s not responding; no longer feeding the watchdog",
                               ", ".join(stuck))
                     stuck_logged = True
-            if self.reload_wanted:
-                self.reload_wanted = False
-                self._reload()
+            if self.reloads.begin():
+                self.reloads.end(self._reload())
             if now >= next_peers and self.peer_keys.by_name:
                 next_peers = now + PEERS_REFRESH_S
                 threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
@@ -184,6 +221,7 @@ class Daemon:
             "flush": lambda r: {"destinations": self._ask("flush", r.get("host"),
                                                           r.get("port"))},
             "holds": lambda r: {"held": self._ask("holds")},
+            "reload": self._reload_request,
         })
 
     def _ask(self, what, host=None, port=None):
@@ -209,19 +247,31 @@ class Daemon:
                 "destinations": self._ask("status"),
                 "senders": self.inbound.senders(time.monotonic())}
 
-    # -- reload (SIGHUP: systemctl reload tinymq) -------------------------------------------
+    # -- reload (SIGHUP or tinymq reload: systemctl reload tinymq) -------------------------
+
+    def _reload_request(self, _request):
+        try:
+            error = self.reloads.request(RELOAD_TIMEOUT_S)
+        except TimeoutError:
+            raise control.RequestError(f"the reload did not finish within "
+                                       f"{RELOAD_TIMEOUT_S:.0f} s (see journalctl -u "
+                                       f"tinymq)") from None
+        if error:
+            raise control.RequestError(f"reload failed, the running configuration stays: "
+                                       f"{error}")
+        return {"config": self.cfg.source}
 
     def _reload(self):
         """Read the configuration again and apply what can change while running: log
         level, retry cap, keys, peers, require_key, allow. A bad file keeps the running
-        configuration (one line says why)."""
+        configuration (one line says why; returned, else None)."""
         self.notifier.notify("RELOADING=1")
         try:
             new = self.load_config()
         except config.ConfigError as e:
             log.error("reload failed, the running configuration stays: %s", e)
             self.notifier.notify("READY=1")
-            return
+            return str(e)
         fixed = [key for key in config.NEEDS_RESTART
                  if getattr(new, key) != getattr(self.cfg, key)]
         if fixed:

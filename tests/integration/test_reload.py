@@ -5,12 +5,14 @@ configuration; the control socket answers however its clients behave."""
 import json
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
 from tests.support import db as dbmod
 from tests.support.checks import assert_series_delivered
+from tests.support.daemon import PYTHON, REPO, daemon_env
 from tests.support.observe import LogMark
 from tests.support.wait import holds_for, wait_until
 
@@ -131,3 +133,44 @@ def test_status_shows_a_dead_destination_unreachable_within_3_s(start_daemon, ma
                            for d in ask(a, {"command": "status"})["destinations"]), 5,
                "the dead destination shows as unreachable")
     assert time.monotonic() - t0 <= 3.5
+
+
+def tinymq(daemon, *args):
+    return subprocess.run([PYTHON, "-m", "tinymqd.ctl", "-c", str(daemon.config_path), *args],
+                          cwd=REPO, env=daemon_env(), capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_tinymq_reload_answers_once_the_new_configuration_runs(pair):
+    """What systemctl reload runs (ExecReload=): it returns after RELOADING=1 and READY=1,
+    0 for a good file, 1 and the daemon's one line for a bad one (old one kept)."""
+    a, b = pair
+    a.write_config(log_level="warning")
+    mark, log = a.notify.mark(), LogMark(a)
+    done = tinymq(a, "reload")
+    assert done.returncode == 0 and "reloaded" in done.stdout, done
+    reloading = a.notify.wait_for("RELOADING", "1", since=mark, timeout=5)
+    ready = a.notify.wait_for("READY", "1", since=mark, timeout=5)
+    assert reloading is not None and ready is not None and ready[0] >= reloading[0]
+    x = a.enqueue(9, "t", "to a port nobody listens on")  # logged at info when cancelled
+    dbmod.sqlite_cli(a.db, f"DELETE FROM mqout WHERE x = {x};")
+    a.enqueue(b, "t", "delivered")
+    wait_until(lambda: b.count("mqin") == 1, 10, "delivered after the reload")
+    holds_for(lambda: "cancelled" not in log.text(), 1.0, "no info line at level warning")
+
+    a.config_path.write_text(a.config_path.read_text() + "retry_max: -1\n")
+    refused = tinymq(a, "reload")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "reload failed" in refused.stderr and "retry_max" in refused.stderr
+    a.enqueue(b, "t", "still delivering")
+    wait_until(lambda: b.count("mqin") == 2, 10, "delivered with the old configuration")
+    a.assert_alive()
+
+
+def test_tinymq_reload_without_a_daemon_exits_69(pair):
+    a, _ = pair
+    a.stop()
+    refused = tinymq(a, "reload")
+    assert refused.returncode == 69 and "not running" in refused.stderr, refused

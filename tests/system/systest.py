@@ -666,11 +666,14 @@ def daemon_lines(c, prefix="", unit="tinymq"):
 
 
 def reload_tinymq(c, outcome=RELOADED, timeout=10):
-    """systemctl reload tinymq. It returns before the daemon has re-read the file
-    (ExecReload only sends SIGHUP), so wait for the daemon's next line saying how it
-    went (outcome: RELOADED or RELOAD_FAILED); that line."""
+    """systemctl reload tinymq: it returns once the daemon runs with the new file (exit
+    0) or has refused it (non-zero; the running configuration stays), as ExecReload is
+    `tinymq reload`. The daemon's line saying how it went (outcome: RELOADED or
+    RELOAD_FAILED), waited for only as long as journald takes to show it."""
     before = len(daemon_lines(c, outcome))
-    c.run("systemctl reload tinymq")
+    p = c.run("systemctl reload tinymq", check=False)
+    assert (p.returncode == 0) == (outcome == RELOADED), \
+        f"systemctl reload exited {p.returncode} for {outcome!r}: {p.stdout}{p.stderr}"
     lines = wait_for(f"tinymqd on {c.hostname} to log {outcome!r}",
                      lambda: daemon_lines(c, outcome)[before:], timeout)
     return lines[0]
