@@ -159,10 +159,10 @@ class Intake:
                 if renumber_allowed and self.old_rows_after is None:
                     renumber.append(x)
             else:
-                if isinstance(problem, str):
-                    problem = problem.encode()
-                if last_error != problem:
-                    errors.setdefault(problem.decode(), []).append(x)
+                # SQL quotes the bad value into the text, which need not be UTF-8.
+                problem = _text(problem)
+                if _text(last_error) != problem:
+                    errors.setdefault(problem, []).append(x)
         if errors:
             def write(conn):
                 for problem, xs in errors.items():
@@ -324,3 +324,8 @@ def _merge(a, b):
         if upto > a.get(stream, 0):
             a[stream] = upto
     return a
+
+
+def _text(value):
+    """A last_error as text (None stays None); bytes that are not UTF-8 are replaced."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -18,6 +18,9 @@ BAD_ROWS = [
     ("port-zero", "'127.0.0.1'", "0", "'x'", None),
     ("port-negative", "'127.0.0.1'", "-1", "'x'", None),
     ("port-real", "'127.0.0.1'", "9000.5", "'x'", None),
+    # TEXT that is not UTF-8 (a Latin-1 application): quoted into last_error, replaced
+    ("port-not-utf8", "'127.0.0.1'", "CAST(X'e9' AS TEXT)", "'x'", None),
+    ("host-not-utf8", "CAST(X'68e96c6c6f' AS TEXT)", "{B}", "'x'", None),
     ("too-large-blob", "'127.0.0.1'", "{B}", f"zeroblob({SMALL_MAX + 1})", SMALL_MAX),
     ("too-large-text", "'127.0.0.1'", "{B}",
      f"substr(replace(hex(zeroblob({SMALL_MAX})), '0', 'x'), 1, {SMALL_MAX + 1})", SMALL_MAX),
