@@ -59,6 +59,8 @@ def _check_bind(value):
 
 
 def _check_path(value):
+    if "\0" in value:
+        return "must not contain a NUL character"
     return None if value.strip() else "must not be empty"
 
 
@@ -208,10 +210,26 @@ def load_for_client(path=None, database=None):
     return Config(source=source, **settings), problem
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path):
     try:
+        if not os.path.isfile(path) and os.path.exists(path):  # a FIFO would hang us
+            raise ConfigError(f"{path}: is not a regular file")
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -147,7 +147,7 @@ class Control(Worker):
         line = received.split(b"\n", 1)[0]
         try:
             request = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # e.g. 4,000 "["
             return {"ok": False, "error": "not a JSON request"}
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             return {"ok": False, "error": "a request is {\"command\": ...}"}

@@ -268,10 +268,12 @@ class Daemon:
         self.notifier.notify("RELOADING=1")
         try:
             new = self.load_config()
-        except config.ConfigError as e:
-            log.error("reload failed, the running configuration stays: %s", e)
+        except Exception as e:  # noqa: BLE001 - ConfigError, or what it missed: never fatal
+            problem = str(e) if isinstance(e, config.ConfigError) else \
+                f"{self.cfg.source}: {type(e).__name__}: {e}"
+            log.error("reload failed, the running configuration stays: %s", problem)
             self.notifier.notify("READY=1")
-            return str(e)
+            return problem
         fixed = [key for key in config.NEEDS_RESTART
                  if getattr(new, key) != getattr(self.cfg, key)]
         if fixed:

@@ -27,12 +27,14 @@ class KeysError(Exception):
 
 def load_key_file(path):
     """{name: 32-byte key} from the key file; raises KeysError naming the problem."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # O_NONBLOCK: a FIFO must not hang the start or a reload
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise KeysError(f"{path}: cannot read: {e.strerror}") from None
     try:
         mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise KeysError(f"{path}: is not a regular file")
         if mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise KeysError(f"{path}: is writable by group or others (mode "
                             f"{stat.S_IMODE(mode):04o}); make it 0640 root:tinymq")
@@ -45,6 +47,8 @@ def load_key_file(path):
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise KeysError(f"{path}: not a YAML mapping of key names to keys "
                         f"({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise KeysError(f"{path}: cannot read: {e.strerror or e}") from None
     finally:
         if fd is not None:
             os.close(fd)

@@ -84,6 +84,18 @@ def test_a_bad_reload_keeps_the_running_configuration_and_names_the_key(pair):
 
 
 @pytest.mark.timeout(60)
+def test_a_reload_naming_a_directory_as_key_file_keeps_the_running_configuration(pair):
+    a, b = pair
+    mark = LogMark(a)
+    a.write_config(key_file=str(a.config_path.parent), peers={"*": "k"})
+    reload(a)
+    wait_until(lambda: "not a regular file" in mark.text(), 5, "one line naming the file")
+    a.enqueue(b, "t", "still delivering, unsealed")
+    wait_until(lambda: b.count("mqin") == 1, 10, "delivered with the old configuration")
+    a.assert_alive()
+
+
+@pytest.mark.timeout(60)
 def test_a_change_that_needs_a_restart_is_said_and_not_applied(pair):
     a, b = pair
     mark = LogMark(a)
@@ -110,7 +122,8 @@ def test_the_control_socket_answers_status_and_survives_bad_clients(pair):
         assert ask(a, {"command": "status"})["ok"], "answered beside a silent client"
         assert time.monotonic() - t0 < 2
         for bad in (b"not json\n", b"[1, 2]\n", b'{"command": "reboot"}\n', b"x" * 100000,
-                    b'{"command": "flush", "host": 7}\n', b"\xff\xfe\n"):
+                    b'{"command": "flush", "host": 7}\n', b"\xff\xfe\n",
+                    b"[" * 4000 + b"\n"):  # nesting deeper than the JSON parser goes
             try:
                 answer = ask(a, bad)
             except (ConnectionError, ValueError):

@@ -1,5 +1,7 @@
 """Config: defaults, overrides, and one readable error naming the key."""
 
+import os
+
 import pytest
 
 from tinymqd import config
@@ -39,6 +41,7 @@ def test_shipped_config_is_valid_and_equals_the_defaults():
     ("bind: localhost\n", "bind", "IPv4 or IPv6 address"),
     ("log_level: verbose\n", "log_level", "debug, info, warning, error"),
     ("database: ''\n", "database", "must not be empty"),
+    ('database: "/var/lib/a\\0b"\n', "database", "NUL"),
     ("retry_max: 0\n", "retry_max", "between"),
     ("max_datagram: 100\n", "max_datagram", "between"),
 ])
@@ -55,6 +58,21 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path = write(tmp_path, "port: 9000\nbind: [oops\n")
     with pytest.raises(config.ConfigError, match=r"YAML syntax error at line \d+"):
         config.load(path)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    path = write(tmp_path, "port: 9000\nlog_level: info\nport: 9001\n")
+    with pytest.raises(config.ConfigError, match=r"line 3.*'port' is given twice"):
+        config.load(path)
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # open() would wait for a writer for ever
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        config.load(str(fifo))
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        config.load(str(tmp_path))
 
 
 def test_not_a_mapping(tmp_path):
@@ -135,6 +153,15 @@ def test_bad_peers_allow_and_require_key_name_the_key(tmp_path, text, problem):
     with pytest.raises(config.ConfigError, match=problem) as e:
         config.load(path)
     assert path in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    path = tmp_path / "keys"
+    os.mkdir(path, 0o750) if kind == "directory" else os.mkfifo(path, 0o640)
+    with pytest.raises(config.ConfigError, match="not a regular file") as e:
+        config.load(write(tmp_path, f"key_file: {path}\npeers: {{'*': a}}\n"))
+    assert str(path) in str(e.value)
 
 
 def test_peers_without_a_key_file_is_an_error(tmp_path):
