@@ -215,7 +215,7 @@ class Inbound:
             return False  # counted and logged at a limited rate by the receiver
         if isinstance(message.data, bytes) and len(message.data) > self.max_message:
             return self._refuse(st, seq)
-        cost = message_cost(message)
+        cost = message_cost(message.token, message.data, message.sent)
         self._charge(st, cost)
         st.ready[seq] = (message, cost)
         return True
@@ -248,8 +248,7 @@ class Inbound:
 
     def _submit_rows(self, st, rows, upto):
         rx = (st.sender, st.stream, upto, st.shost, st.sport)
-        cost = sum(MESSAGE_COST + (len(row[4]) if isinstance(row[4], bytes) else 0)
-                   for row in rows)
+        cost = sum(message_cost(row[2], row[4], row[7]) for row in rows)
 
         def done():
             with self.lock:

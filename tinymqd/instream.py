@@ -70,9 +70,11 @@ class Partial:
         return b"".join(self.chunks[i] for i in range(self.nfrags))
 
 
-def message_cost(message):
-    """What a whole message waiting in memory is charged."""
-    return MESSAGE_COST + (len(message.data) if isinstance(message.data, bytes) else 0)
+def message_cost(token, data, sent):
+    """What a whole message waiting in memory (or for the disk) is charged: all it holds,
+    a 64 KiB token and ts as much as its data."""
+    return MESSAGE_COST + sum(len(value) for value in (token, data, sent)
+                              if isinstance(value, (bytes, str)))
 
 
 class InboundStream:

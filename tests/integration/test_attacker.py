@@ -843,6 +843,37 @@ def test_memory_a_validated_attacker_can_take_stays_within_its_share(make_daemon
     assert_no_crash(marks)
 
 
+@pytest.mark.timeout(60)
+def test_memory_whole_messages_held_for_an_earlier_one_are_charged_all_they_hold(make_daemon):
+    """A validated attacker sends whole messages 2..1500 of a stream and never message 1,
+    each with a 64 KiB token and a 64 KiB ts and no data (about 200 MB in all): B holds
+    them waiting for message 1, charged for their token and ts too, so its resident
+    memory stays under 100 MB; A's real messages arrive exactly once, in order."""
+    rng = random.Random(909)
+    a, b = make_daemon("a").start(), make_daemon("b").start()
+    marks = {a: LogMark(a), b: LogMark(b)}
+    c = learn(b, rng, "127.0.0.16")
+    meter = Meter(b, every=50)
+    stream, token = rng.randrange(1, MAX_ID), b"T" * 65535
+    dbmod.enqueue_series(a.db, "127.0.0.1", b.port, "real", 300)
+    for seq in range(2, 1502):
+        blob = wire.message(0, token, (b"%020d" % seq) * 3276 + b"t" * 15, None)
+        chunks = [blob[i:i + 44000] for i in range(0, len(blob), 44000)]
+        for i, chunk in enumerate(chunks):
+            c.send(c.data(stream, 1, [wire.frame(seq, blob, frag=i, nfrags=len(chunks),
+                                                 chunk=chunk)]))
+        if seq % 50 == 0:
+            c.sync()  # B has read what came: its memory is looked at for what arrived
+            meter.look(seq)
+    c.sync()
+    print(f"\nB's RSS {meter.start / MB:.1f} -> peak {meter.peak / MB:.1f} -> "
+          f"{meter.now() / MB:.1f} MB")
+    assert meter.peak < RSS_LIMIT, f"B's RSS reached {meter.peak / MB:.1f} MB"
+    assert_series_delivered(a, b, "real", 300, timeout=30)
+    assert b.count("mqin") == 300, "B stored the attacker's messages without message 1"
+    assert_no_crash(marks)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_memory_streams_a_validated_attacker_opens_and_abandons_are_forgotten(make_daemon):
