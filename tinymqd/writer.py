@@ -34,8 +34,9 @@ between the commit and the sync may copy the transaction into the database and r
 or truncate the WAL (same file): that checkpoint syncs the database first, unless that
 process set synchronous=OFF, which gives up durability for every writer of the file.
 
-A locked database, a full disk or an I/O error is waited out (logged once), never
-half-applied: the failed transaction is retried whole. A damaged database (SQLite says
+A locked database, a full disk, an I/O error or a row refused by a constraint an
+application added is waited out (logged once), never half-applied: the failed
+transaction is retried whole. A damaged database (SQLite says
 it is malformed or not a database) stops the daemon with one line that says how to
 recover it, and an exit status (EX_DATAERR) on which systemd does not restart it.
 """
@@ -76,7 +77,10 @@ DEFER = 0.005
 # daemon for good (store.DatabaseDamaged: exit 65, which tinymq.service does not
 # restart); anything else is a bug and stops the daemon so that systemd restarts it.
 TRANSIENT = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR",
-             "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL"}
+             "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL",
+             # a UNIQUE index, CHECK or trigger the application added refuses a row:
+             # waited out too, with an error that says so (a restart would meet it again)
+             "SQLITE_CONSTRAINT"}
 STOP = object()
 
 
@@ -274,8 +278,12 @@ class Writer(Worker):
                     raise
                 if self._trouble_since is None:
                     self._trouble_since = time.monotonic()
-                    log.warning("cannot write database %s (%s); waiting and retrying, "
-                                "nothing is acknowledged meanwhile", self.path, e)
+                    log.log(logging.ERROR if name.startswith("SQLITE_CONSTRAINT")
+                            else logging.WARNING,
+                            "cannot write database %s (%s%s); waiting and retrying, nothing "
+                            "is acknowledged meanwhile", self.path, e,
+                            ": an index, CHECK or trigger added to mqin or mqout refuses a "
+                            "row" if name.startswith("SQLITE_CONSTRAINT") else "")
                 if self.stopping.is_set():
                     # Nothing in the batch was acknowledged: safe to abandon at exit.
                     raise Abandoned() from None

@@ -8,6 +8,7 @@ import pytest
 
 from tests.support import db as dbmod
 from tests.support.checks import assert_series_delivered
+from tests.support.observe import LogMark
 from tests.support.ports import free_udp_port
 from tests.support.wait import holds_for, wait_until
 
@@ -189,3 +190,26 @@ def test_delete_stops_retransmissions_within_a_second(start_daemon, make_sink):
               describe=lambda: f"sent {len(late())} times more, last {max(late()):.1f} s "
                                f"after the DELETE")
     a.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_row_a_consumers_unique_index_refuses_is_waited_out_not_a_crash(pair):
+    """A consumer adds UNIQUE(token) to mqin; a second message with that token cannot be
+    stored. B stays up, says so once, acknowledges nothing it has not stored, and once the
+    index is dropped the message arrives, exactly once and in order with later ones."""
+    a, b = pair
+    mark = LogMark(b)
+    dbmod.sqlite_cli(b.db, "CREATE UNIQUE INDEX consumer_dedupe ON mqin(token);")
+    for data in ("first", "second, same token", "third"):
+        a.enqueue(b, "same", data)
+    wait_until(lambda: "refuses a row" in mark.text(), 10, "B says a constraint refuses a row")
+    holds_for(lambda: b.running and b.count("mqin") == 1, 2.0,
+              "B up, storing nothing more while the index refuses the row")
+    assert a.count("mqout") == 2, "rows B could not store must stay queued at A"
+    assert len([line for line in mark.lines() if "refuses a row" in line]) == 1
+    dbmod.sqlite_cli(b.db, "DROP INDEX consumer_dedupe;")
+    wait_until(lambda: b.count("mqin") == 3 and a.count("mqout") == 0, 10,
+               "delivered once the index is gone")
+    assert [r[0] for r in b.query("SELECT data FROM mqin ORDER BY x")] == \
+        ["first", "second, same token", "third"]
+    assert "Traceback" not in mark.text()
