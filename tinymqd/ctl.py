@@ -14,6 +14,7 @@ import re
 import sys
 
 from tinymqd import __version__, config, ctl_client, ctl_commands, ctl_db
+from tinymqd.constants import MAX_TOKEN_BYTES
 
 EX_FAILED = 1
 EX_USAGE = 2
@@ -76,6 +77,13 @@ def _host(text):
     return host
 
 
+def _token(text):
+    if len(os.fsencode(text)) > MAX_TOKEN_BYTES:
+        raise argparse.ArgumentTypeError(f"longer than {MAX_TOKEN_BYTES} bytes, the most "
+                                         f"tinymqd sends")
+    return text
+
+
 def _positive(text):
     try:
         value = int(text)
@@ -122,7 +130,8 @@ def _add_send(sub):
     p = sub.add_parser("send", "enqueue a message",
                  "Enqueue MESSAGE (or standard input, byte for byte: not UTF-8 is sent as "
                  "a BLOB) to HOST and print its x. Waits for locks, never fails on one.")
-    p.add_argument("--token", metavar="T", help="the row's token (default: NULL)")
+    p.add_argument("--token", metavar="T", type=_token,
+                   help="the row's token (default: NULL)")
     p.add_argument("--port", type=_port, metavar="P", help="destination UDP port "
                    "(default: 9000)")
     p.add_argument("--wait", type=_wait_seconds, metavar="SECONDS",
@@ -243,6 +252,8 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with >&-: nothing could be printed (or recv'd)
+        return _fail("standard output is closed")
     old = os.umask(0)
     os.umask(old & 0o707)  # files SQLite makes stay usable by group tinymq
     try:

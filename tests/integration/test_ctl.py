@@ -118,7 +118,7 @@ def mqin_xs(d):
     [], ["bogus"], ["send"], ["send", "--port", "0", "h", "m"], ["send", "--wait=soon", "h"],
     ["recv", "--limit", "0"], ["delete"], ["delete", "1", "--to", "h"],
     ["delete", "--older-than", "ages"], ["delete", "x1"], ["hold"], ["flush", "--port", "9"],
-    ["status", "--bogus"],
+    ["status", "--bogus"], ["send", "--token", "t" * 65536, "h", "m"],
 ])
 def test_usage_errors_exit_2_with_one_line(node, args):
     d = node("a")
@@ -283,6 +283,12 @@ def test_recv_into_a_closed_pipe_deletes_nothing_it_could_not_write(node):
     err = proc.communicate(timeout=30)[1]
     one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, b"", err), 1,
                    "closed")
+    assert d.count("mqin") == 1
+    # Started with no standard output at all (>&-): the same, not an AttributeError.
+    proc = subprocess.run(f"{PYTHON} -m tinymqd.ctl -c {d.config_path} recv >&-", shell=True,
+                          cwd=REPO, env=daemon_env(), capture_output=False,
+                          stderr=subprocess.PIPE, timeout=30)
+    one_line_error(proc, 1, "standard output is closed")
     assert d.count("mqin") == 1
 
     # The reader takes part, then goes: only messages written whole are deleted, and
