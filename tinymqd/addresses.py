@@ -26,14 +26,15 @@ class Endpoint:
     """The address of one destination (host, port), the state of resolving it, and what
     the peer there gave us: its cookie and keys."""
 
-    __slots__ = ("host", "port", "name", "addr", "error", "resolving", "next_resolve",
-                 "retry_wait", "cookie", "key", "key_names", "past_runs")
+    __slots__ = ("host", "port", "name", "addr", "addrs", "error", "resolving",
+                 "next_resolve", "retry_wait", "cookie", "key", "key_names", "past_runs")
 
     def __init__(self, host, port):
         self.host = host
         self.port = port
         self.name = transport.format_endpoint(host, port)
-        self.addr = None  # the socket address datagrams go to, once known
+        self.addr = None  # the socket address datagrams go to, once known ...
+        self.addrs = ()  # ... one of all the name has (tried in turn while none answers)
         self.error = None  # why the last lookup failed
         self.resolving = False
         self.next_resolve = 0.0
@@ -98,7 +99,8 @@ class AddressBook:
             return False
         if not ep.is_name:  # an IP literal: no lookup to wait for
             try:
-                ep.addr = transport.resolve(ep.host, ep.port, self.family)
+                ep.addrs = tuple(transport.resolve_all(ep.host, ep.port, self.family))
+                ep.addr = ep.addrs[0]
             except OSError as e:
                 self._unresolved(dest, str(e))
                 return False
@@ -109,7 +111,7 @@ class AddressBook:
     def _look_up(self, dest):
         ep = dest.endpoint
         ep.resolving = True
-        future = self.pool.submit(transport.resolve, ep.host, ep.port, self.family)
+        future = self.pool.submit(transport.resolve_all, ep.host, ep.port, self.family)
         future.add_done_callback(
             lambda f, i=dest.id: self.inbox.put(events.AddressResolved(i, f)))
 
@@ -117,12 +119,13 @@ class AddressBook:
         ep = dest.endpoint
         ep.resolving = False
         try:
-            addr = future.result()
+            addrs = tuple(future.result())
         except concurrent.futures.CancelledError:
             return False
         except (OSError, UnicodeError) as e:
             self._unresolved(dest, getattr(e, "strerror", None) or str(e))
             return False
+        addr = ep.addr if ep.addr in addrs else addrs[0]  # keep the one that answers
         if ep.error:
             log.info("host %s resolves again (%s)", ep.name, addr[0],
                      extra=fields(peer=ep.name))
@@ -131,8 +134,21 @@ class AddressBook:
         elif ep.addr is not None and ep.addr[:2] != addr[:2]:
             log.info("destination %s moved from %s to %s", ep.name, ep.addr[0], addr[0],
                      extra=fields(peer=ep.name))
-        ep.addr = addr
+        ep.addr, ep.addrs = addr, addrs
         ep.next_resolve = time.monotonic() + RERESOLVE_INTERVAL_S
+        return True
+
+    @staticmethod
+    def try_next(dest):
+        """The destination does not answer: when its name has several addresses (a
+        host with IPv6 and IPv4, or several of either), move on to the next one. True
+        when the address changed."""
+        ep = dest.endpoint
+        if len(ep.addrs) < 2 or ep.addr not in ep.addrs:
+            return False
+        ep.addr = ep.addrs[(ep.addrs.index(ep.addr) + 1) % len(ep.addrs)]
+        log.debug("destination %s does not answer; trying its address %s", ep.name,
+                  ep.addr[0], extra=fields(peer=ep.name))
         return True
 
     def _unresolved(self, dest, reason):

@@ -253,6 +253,8 @@ class Scheduler(Worker):
             if dest.stream.on_timeout(now, self.cfg.retry_max):
                 self.addresses.unreachable(dest, dest.stream.waiting_since, now,
                                            self.cfg.retry_max)
+            if dest.stream.unreachable and self.addresses.try_next(dest):
+                self._address_set(dest)
             # A retry may come long after the last look: never resend a deleted row.
             self._forget_deleted(dest)
             self.dirty.add(dest)

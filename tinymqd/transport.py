@@ -113,18 +113,26 @@ def literal_address(host):
 
 def resolve(host, port, family):
     """The socket address to send to host:port; raises OSError (socket.gaierror)."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
-    if family == socket.AF_INET:
-        infos = [i for i in infos if i[0] == socket.AF_INET]
-        if not infos:
-            raise socket.gaierror(f"no IPv4 address for {host} (bind is IPv4 only)")
-        return infos[0][4]
-    for fam, _, _, _, addr in infos:
-        if fam == socket.AF_INET6:
-            return addr
-        if fam == socket.AF_INET:
-            return (f"::ffff:{addr[0]}", addr[1], 0, 0)
-    raise socket.gaierror(f"no usable address for {host}")
+    return resolve_all(host, port, family)[0]
+
+
+def resolve_all(host, port, family):
+    """The socket addresses of host:port that our socket can send to, in the order
+    getaddrinfo prefers, each once; raises OSError (socket.gaierror) when there is none."""
+    found = []
+    for fam, _, _, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM):
+        if family == socket.AF_INET:
+            usable = addr[:2] if fam == socket.AF_INET else None
+        elif fam == socket.AF_INET6:
+            usable = addr
+        else:
+            usable = (f"::ffff:{addr[0]}", addr[1], 0, 0) if fam == socket.AF_INET else None
+        if usable is not None and usable not in found:
+            found.append(usable)
+    if not found:
+        raise socket.gaierror(f"no IPv4 address for {host} (bind is IPv4 only)"
+                              if family == socket.AF_INET else f"no usable address for {host}")
+    return found
 
 
 def is_local(addr, family):
