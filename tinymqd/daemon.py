@@ -93,6 +93,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         logsetup.setup(self.cfg.log_level)
         try:
+            self.claim = store.claim(self.cfg.database)  # held (open) until we exit
             identity = store.initialize(self.cfg.database, new_run=True)
             sock = transport.open_socket(self.cfg.bind, self.cfg.port)
         except (store.StoreError, transport.BindError) as e:

@@ -2,6 +2,8 @@
 the writer applies in one statement. The tables are schema.py's, the numbering of rows
 numbering.py's, the node's identity identity.py's."""
 
+import errno
+import fcntl
 import os
 import sqlite3
 
@@ -105,6 +107,28 @@ def _create_file(path):
     except FileExistsError:
         return
     os.close(fd)
+
+
+def claim(path):
+    """Make sure no other tinymqd serves the database: an exclusive flock on the file
+    (SQLite's own locks are fcntl locks, which flock leaves alone), held until the
+    process exits. Returns its descriptor, which must stay open (closing any descriptor
+    of the file would drop SQLite's locks). Raises StoreError."""
+    try:
+        _create_file(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise StoreError(f"database {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreError(f"database {path} is served by another tinymqd already: stop "
+                             f"that one first, or give this one a database of its own") \
+                from None
+        raise StoreError(f"database {path}: cannot lock it: {e.strerror}") from None
+    return fd
 
 
 # All staged tables are applied by one statement: inserting a row into temp.staged_apply

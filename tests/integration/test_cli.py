@@ -235,6 +235,20 @@ def test_port_in_use_by_another_tinymqd(start_daemon, make_daemon, tmp_path):
     first.stop()
 
 
+def test_database_served_by_another_tinymqd(start_daemon, make_daemon):
+    """Two daemons on one database would both send its rows; the second is refused."""
+    first = start_daemon("first")
+    first.enqueue(9, "t", "waiting for a peer")  # its queue must stay as it is
+    second = make_daemon("second", database=str(first.db))
+    second.start(wait=False)
+    assert_clean_startup_failure(second, first.db, "another tinymqd")
+    first.assert_alive()
+    assert first.count("mqout") == 1
+    first.stop()
+    second.start()  # the first has gone: the database is free again
+    second.stop()
+
+
 @pytest.fixture
 def world_dir():
     """A directory another uid can read (pytest's tmp_path is 0700)."""
