@@ -182,7 +182,7 @@ class Scheduler(Worker):
         if ep.key is None and self.cfg.keys_required:
             self._show_error(dest, f"no key for {ep.name} in peers, and require_key is set: "
                                    f"add it to peers in {self.cfg.source}")
-        if addr[1] == self.cfg.port and transport.is_local(addr, self.family):
+        if transport.reaches_us(addr, self.cfg.bind, self.cfg.port, self.family):
             # Sending to ourselves: name our own node as the destination, since a DATA
             # datagram of ours for another node coming back to us is a reflection.
             for each in self.destinations.of_target(dest):

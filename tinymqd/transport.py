@@ -135,8 +135,14 @@ def resolve_all(host, port, family):
     return found
 
 
-def is_local(addr, family):
-    """True when addr's IP is one of this host's addresses (it can be bound)."""
+def reaches_us(addr, bind, port, family):
+    """True when a datagram to addr comes to our own socket (bound to bind:port): the
+    port is ours and the address is the one we bound, or, bound to all, one of this
+    host's addresses (it can be bound)."""
+    if addr[1] != port:
+        return False
+    if not ipaddress.ip_address(bind).is_unspecified:
+        return _plain(addr[0]) == _plain(bind)
     probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
         probe.bind((addr[0], 0))
@@ -145,6 +151,12 @@ def is_local(addr, family):
         return False
     finally:
         probe.close()
+
+
+def _plain(host):
+    """The IP address of host, an IPv4-mapped IPv6 one as IPv4."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
 def format_endpoint(host, port):

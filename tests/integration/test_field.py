@@ -22,6 +22,7 @@ from tests.support import db as dbmod
 from tests.support import wire
 from tests.support.checks import assert_exactly_once_in_order, assert_series_delivered
 from tests.support.daemon import Daemon, run_tinymqd
+from tests.support.observe import LogMark
 from tests.support.wait import holds_for, wait_until
 
 COPIED = "was copied or restored"
@@ -270,6 +271,18 @@ def test_peer_reached_at_another_of_its_addresses(make_daemon):
         f"B answered a datagram sent to 127.0.0.2 from {source}"
     a.stop()
     b.stop()
+
+
+@pytest.mark.timeout(60)
+def test_two_daemons_on_one_port_at_two_addresses_are_two_nodes(make_daemon):
+    """A on 127.0.0.1:P sends to B on 127.0.0.2:P: B is another daemon, not A itself (A
+    bound one address, not all), so A neither takes B for itself nor says it changed."""
+    a = make_daemon("a").start()
+    b = make_daemon("b", port=a.port, bind="127.0.0.2").start()
+    mark = LogMark(a)
+    dbmod.enqueue_series(a.db, "127.0.0.2", b.port, "same-port", 10)
+    assert_series_delivered(a, b, "same-port", 10, timeout=20)
+    assert "another node" not in mark.text(), mark.text()
 
 
 class OwnHostsDaemon(Daemon):

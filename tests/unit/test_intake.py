@@ -1,6 +1,7 @@
 """Pure helpers of the sending side: the one rule for an unsendable row, size limits,
 encoding a row into a message, address formatting."""
 
+import socket
 import sqlite3
 
 import pytest
@@ -75,3 +76,17 @@ def test_a_row_is_encoded_with_its_type_token_and_ts(kind, data, wire_kind, wire
 ])
 def test_addresses_are_shown_as_admins_write_them(host, port, text):
     assert transport.format_endpoint(host, port) == text
+
+
+@pytest.mark.parametrize("addr, bind, port, ours", [
+    (("127.0.0.1", 9000), "127.0.0.1", 9000, True),
+    (("127.0.0.2", 9000), "127.0.0.1", 9000, False),  # another daemon on the same port
+    (("127.0.0.1", 9001), "127.0.0.1", 9000, False),
+    (("::ffff:127.0.0.1", 9000, 0, 0), "127.0.0.1", 9000, True),
+    (("::ffff:127.0.0.2", 9000, 0, 0), "::", 9000, True),  # bound to all: any local one
+    (("::1", 9000, 0, 0), "::1", 9000, True),
+])
+def test_a_destination_reaches_us_only_at_the_address_and_port_we_bound(addr, bind, port,
+                                                                         ours):
+    family = socket.AF_INET6 if len(addr) == 4 else socket.AF_INET
+    assert transport.reaches_us(addr, bind, port, family) is ours
