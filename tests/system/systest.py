@@ -531,6 +531,12 @@ class Container:
         return self.run(f"sqlite3 -cmd '.timeout 10000' {db}", input=statement + "\n",
                         user=user, check=check).stdout.strip()
 
+    def assert_unit_verifies(self, unit="tinymq.service"):
+        """systemd-analyze verify finds nothing to say about the unit (--man=no: the
+        minimal image has no man-db to look the Documentation= pages up)."""
+        p = self.run(f"systemd-analyze verify --man=no {unit}", check=False)
+        assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+
     def exposure(self, unit="tinymq.service"):
         """(overall exposure level, full report) of `systemd-analyze security UNIT`."""
         out = self.out(f"systemd-analyze security {unit} --no-pager")
