@@ -114,9 +114,8 @@ def claim(path):
     (SQLite's own locks are fcntl locks, which flock leaves alone), held until the
     process exits. Returns its descriptor, which must stay open (closing any descriptor
     of the file would drop SQLite's locks). Raises StoreError."""
-    try:
-        _create_file(path)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # O_CREAT, as SQLite would: also the file a dangling symlink names
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as e:
         raise StoreError(f"database {path}: {e.strerror}") from None
     try:

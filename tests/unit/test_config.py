@@ -66,6 +66,12 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
         config.load(path)
 
 
+@pytest.mark.parametrize("text", ["? [a, b]\n: 1\n", "peers:\n  ? {a: 1}\n  : k\n"])
+def test_a_key_that_is_a_list_or_mapping_is_an_error_not_a_traceback(tmp_path, text):
+    with pytest.raises(config.ConfigError, match="is not a name"):
+        config.load(write(tmp_path, text))
+
+
 def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)  # open() would wait for a writer for ever
