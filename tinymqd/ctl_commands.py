@@ -14,7 +14,7 @@ from tinymqd import ctl_client, ctl_db, ctl_recv, ctl_report
 from tinymqd.ctl_watch import ChangeWaiter, Stop
 
 
-RELOAD_WAIT_S = 10.0  # tinymqd gives up after 8 s and says so
+RELOAD_WAIT_S = 10.0  # a reload reads two files; host names are looked up after it
 
 
 class CommandError(Exception):
@@ -185,7 +185,15 @@ def flush(args, cfg, db):
 
 def reload(args, cfg, db):
     """Ask the daemon to read its configuration again; it answers once it runs with it."""
-    answer = ctl_client.ask(cfg, "reload", timeout=RELOAD_WAIT_S)
+    try:
+        answer = ctl_client.ask(cfg, "reload", timeout=RELOAD_WAIT_S)
+    except ctl_client.NotRunning:
+        # control_socket was just edited (it takes effect at a restart): the daemon
+        # still listens where it did, in the usual case the default place.
+        if ctl_client.socket_path(cfg) == ctl_client.DEFAULT_CONTROL_SOCKET:
+            raise
+        answer = ctl_client.request(ctl_client.DEFAULT_CONTROL_SOCKET, "reload",
+                                    timeout=RELOAD_WAIT_S)
     _say(f"tinymqd reloaded {answer.get('config') or 'its configuration'}")
     return 0
 

@@ -38,52 +38,13 @@ PEERS_REFRESH_S = 60.0  # host names in `peers` are looked up again this often
 SWITCH_INTERVAL_S = 0.0002
 RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
 ASK_TIMEOUT_S = 2.0  # for the sending thread to answer the control socket
-# For `tinymq reload` to wait (below HEARTBEAT_LIMIT_S: the control thread waits too).
-RELOAD_TIMEOUT_S = 8.0
-
-
-class Reloads:
-    """Reloads wanted by SIGHUP or `tinymq reload`; the main thread carries them out. A
-    `tinymq reload` waits for one that begins after it asked, and hears how it went (so
-    `systemctl reload` returns once the new configuration runs, or fails)."""
-
-    def __init__(self):
-        self.wanted = False  # set without the lock: the signal handler may not block
-        self._changed = threading.Condition()
-        self._begun = self._done = 0
-        self._error = None
-
-    def begin(self):
-        """Main thread: whether a reload is wanted; if so it begins now."""
-        if not self.wanted:
-            return False
-        with self._changed:
-            self.wanted = False
-            self._begun += 1
-        return True
-
-    def end(self, error=None):
-        with self._changed:
-            self._done, self._error = self._begun, error
-            self._changed.notify_all()
-
-    def request(self, timeout):
-        """Another thread: want a reload and wait for it. Its error (None: reloaded);
-        raises TimeoutError."""
-        with self._changed:
-            mine = self._begun + 1
-            self.wanted = True
-            if not self._changed.wait_for(lambda: self._done >= mine, timeout):
-                raise TimeoutError
-            return self._error
-
-
 class Daemon:
     def __init__(self, cfg, load_config=None):
         self.cfg = cfg
         self.load_config = load_config  # reads the configuration again (SIGHUP)
         self.stopping = threading.Event()
-        self.reloads = Reloads()
+        self.reload_wanted = False  # SIGHUP (the handler only sets it)
+        self.reloading = threading.Lock()  # one reload at a time (SIGHUP, tinymq reload)
         self.started = time.time()
         self.notifier = sdnotify.SystemdNotifier()
 
@@ -137,7 +98,7 @@ class Daemon:
             self.workers.append(control)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self.reloads, "wanted", True))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
         for worker in self.workers:
             worker.start()
         deadline = time.monotonic() + START_DEADLINE_S
@@ -195,8 +156,9 @@ class Daemon:
                     log.error("worker(s) %s not responding; no longer feeding the watchdog",
                               ", ".join(stuck))
                     stuck_logged = True
-            if self.reloads.begin():
-                self.reloads.end(self._reload())
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self._reload()
             if now >= next_peers and self.peer_keys.by_name:
                 next_peers = now + PEERS_REFRESH_S
                 threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
@@ -251,12 +213,9 @@ class Daemon:
     # -- reload (SIGHUP or tinymq reload: systemctl reload tinymq) -------------------------
 
     def _reload_request(self, _request):
-        try:
-            error = self.reloads.request(RELOAD_TIMEOUT_S)
-        except TimeoutError:
-            raise control.RequestError(f"the reload did not finish within "
-                                       f"{RELOAD_TIMEOUT_S:.0f} s (see journalctl -u "
-                                       f"tinymq)") from None
+        """`tinymq reload` (systemd's ExecReload): on the control thread, so it answers
+        once the new configuration runs, or with why the file was refused."""
+        error = self._reload()
         if error:
             raise control.RequestError(f"reload failed, the running configuration stays: "
                                        f"{error}")
@@ -265,16 +224,32 @@ class Daemon:
     def _reload(self):
         """Read the configuration again and apply what can change while running: log
         level, retry cap, keys, peers, require_key, allow. A bad file keeps the running
-        configuration (one line says why; returned, else None)."""
-        self.notifier.notify("RELOADING=1")
-        try:
-            new = self.load_config()
-        except Exception as e:  # noqa: BLE001 - ConfigError, or what it missed: never fatal
-            problem = str(e) if isinstance(e, config.ConfigError) else \
-                f"{self.cfg.source}: {type(e).__name__}: {e}"
-            log.error("reload failed, the running configuration stays: %s", problem)
-            self.notifier.notify("READY=1")
-            return problem
+        configuration: one line says why, which is returned (else None). Host names in
+        peers are looked up afterwards, off this thread (a slow name server must not
+        hold up the watchdog or a stop)."""
+        with self.reloading:
+            self.notifier.notify("RELOADING=1")
+            try:
+                problem = self._apply(self.load_config())
+            except Exception as e:  # noqa: BLE001 - ConfigError, or what it missed
+                problem = str(e) if isinstance(e, config.ConfigError) else \
+                    f"{self.cfg.source}: {type(e).__name__}: {e}"
+            if problem:
+                log.error("reload failed, the running configuration stays: %s", problem)
+                self.notifier.notify("READY=1")
+                return problem
+            log.info("configuration reloaded from %s", self.cfg.source)
+            self.notifier.notify("READY=1\nSTATUS=" + self._status())
+        threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
+        return None
+
+    def _apply(self, new):
+        """Run with the new Config (what can change while running); a problem, or None."""
+        if new.source != "built-in defaults" and os.path.getsize(new.source) == 0 and \
+                dataclasses.replace(new, source=self.cfg.source) != self.cfg:
+            # All defaults, keys gone: far more likely a file caught while being written.
+            return f"{new.source}: is empty (being written?); write the defaults out to " \
+                   f"run with them"
         fixed = [key for key in config.NEEDS_RESTART
                  if getattr(new, key) != getattr(self.cfg, key)]
         if fixed:
@@ -283,14 +258,13 @@ class Daemon:
         new = dataclasses.replace(new, **{key: getattr(self.cfg, key)
                                           for key in config.NEEDS_RESTART})
         peer_keys = new.peer_keys()
-        peer_keys.refresh()
+        peer_keys.carry_over(self.peer_keys)
         self.cfg, self.peer_keys = new, peer_keys
         logsetup.set_level(new.log_level)
         self.gate.reconfigure(peer_keys, new.keys_required, new.allow)
         self.inbound.keys = new.keys or {}
         self.scheduler.inbox.put(events.Reconfigured(new, peer_keys))
-        log.info("configuration reloaded from %s", new.source)
-        self.notifier.notify("READY=1\nSTATUS=" + self._status())
+        return None
 
     def _refresh_peers(self):
         """Look up the host names in `peers` again (their addresses may move)."""

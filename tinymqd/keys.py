@@ -133,22 +133,34 @@ class PeerKeys:
             else:
                 self.by_name[entry.lower().rstrip(".")] = pairs
         self.networks.sort(key=lambda item: -item[0].prefixlen)
-        self.by_address = {}  # resolved addresses of host-name entries
+        self.by_address = {}  # resolved addresses of host-name entries ...
+        self.resolved = {}  # ... by name
 
     def __bool__(self):
         return bool(self.by_name or self.networks or self.default)
 
     def refresh(self, resolve=socket.getaddrinfo):
         """Look up the host-name entries again (blocking: call it off the hot path)."""
-        found = {}
+        found, resolved = {}, {}
         for name, pairs in self.by_name.items():
             try:
                 infos = resolve(name, None, 0, socket.SOCK_DGRAM)
             except (OSError, UnicodeError):
                 continue
-            for info in infos:
-                found.setdefault(_address(info[4][0]), pairs)
-        self.by_address = found
+            resolved[name] = [_address(info[4][0]) for info in infos]
+            for address in resolved[name]:
+                found.setdefault(address, pairs)
+        self.by_address, self.resolved = found, resolved
+
+    def carry_over(self, old):
+        """Until refresh() has run: the addresses `old` found for the names both have
+        (a reload must not forget, while it looks them up, who a known peer is)."""
+        for name, addresses in old.resolved.items():
+            pairs = self.by_name.get(name)
+            if pairs:
+                self.resolved[name] = addresses
+                for address in addresses:
+                    self.by_address.setdefault(address, pairs)
 
     def for_destination(self, host, ip):
         """[(name, key)] for a destination: by the host as the row names it, else by its

@@ -21,13 +21,12 @@ import pytest
 from tests.support import db as dbmod
 from tests.support import wire
 from tests.support.checks import assert_exactly_once_in_order, assert_series_delivered
-from tests.support.daemon import Daemon, run_tinymqd
+from tests.support.daemon import UNSHARE, OwnFilesDaemon, run_tinymqd
 from tests.support.observe import LogMark
 from tests.support.wait import holds_for, wait_until
 
 COPIED = "was copied or restored"
 DB_FILES = ("", "-wal", "-shm")
-UNSHARE = shutil.which("unshare")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -285,19 +284,6 @@ def test_two_daemons_on_one_port_at_two_addresses_are_two_nodes(make_daemon):
     assert "another node" not in mark.text(), mark.text()
 
 
-class OwnHostsDaemon(Daemon):
-    """A daemon that sees its own /etc/hosts (bind-mounted in a mount namespace of its
-    own, as `ip netns exec` does): `hosts` is that file's text."""
-
-    hosts = ""
-
-    def command(self, args=None, use_config=True):
-        path = self.dir / "hosts"
-        path.write_text(self.hosts)
-        return [UNSHARE, "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
-                str(path)] + super().command(args, use_config)
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or not UNSHARE, reason="needs root and unshare(1)")
 @pytest.mark.timeout(60)
 def test_a_name_with_several_addresses_is_reached_at_one_that_answers(make_daemon):
@@ -305,8 +291,9 @@ def test_a_name_with_several_addresses_is_reached_at_one_that_answers(make_daemo
     listens on IPv4 only. Nothing answers at ::1: A tries the next address, and the
     messages arrive exactly once, in order, with no error left on the rows."""
     b = make_daemon("b", bind="0.0.0.0").start()
-    OwnHostsDaemon.hosts = "::1 dualhost\n127.0.0.1 dualhost\n127.0.0.1 localhost\n"
-    a = make_daemon("a", bind="::", daemon_class=OwnHostsDaemon).start()
+    a = make_daemon("a", bind="::", daemon_class=OwnFilesDaemon)
+    a.files = {"/etc/hosts": "::1 dualhost\n127.0.0.1 dualhost\n127.0.0.1 localhost\n"}
+    a.start()
     dbmod.enqueue_series(a.db, "dualhost", b.port, "dual", 20)
     assert_series_delivered(a, b, "dual", 20, timeout=20)
     wait_until(lambda: a.count("mqout") == 0, 10, "delivered rows leave A's mqout")

@@ -2,17 +2,20 @@
 what it may without losing or re-sending a message; a bad file keeps the running
 configuration; the control socket answers however its clients behave."""
 
+import base64
 import json
+import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from tests.support import db as dbmod
 from tests.support.checks import assert_series_delivered
-from tests.support.daemon import PYTHON, REPO, daemon_env
+from tests.support.daemon import PYTHON, REPO, UNSHARE, OwnFilesDaemon, daemon_env
 from tests.support.observe import LogMark
 from tests.support.wait import holds_for, wait_until
 
@@ -187,3 +190,66 @@ def test_tinymq_reload_without_a_daemon_exits_69(pair):
     a.stop()
     refused = tinymq(a, "reload")
     assert refused.returncode == 69 and "not running" in refused.stderr, refused
+
+
+@pytest.mark.timeout(60)
+def test_reloads_asked_by_many_clients_at_once_all_answer_and_no_worker_stalls(pair):
+    """20 `tinymq reload`s at the same moment (an admin's loop, several scripts): each is
+    answered, promptly, and the control thread keeps showing signs of life."""
+    a, b = pair
+    mark = LogMark(a)
+    answers = []
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=lambda: answers.append(ask(a, {"command": "reload"},
+                                                                   timeout=20)))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    assert len(answers) == 20 and all(answer["ok"] for answer in answers), answers
+    assert took < 8, f"20 reloads took {took:.1f} s"
+    assert "not responding" not in mark.text(), mark.text()
+    a.enqueue(b, "t", "after the reloads")
+    wait_until(lambda: b.count("mqin") == 1, 10, "delivered after the reloads")
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_that_meets_an_empty_file_keeps_the_keys(make_daemon, tmp_path):
+    """A config file caught empty while it is being rewritten would mean: no keys. The
+    reload is refused, sealed traffic goes on, rows still name their key."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"k: {base64.b64encode(os.urandom(32)).decode()}\n")
+    keys.chmod(0o640)
+    a, b = (make_daemon(name, key_file=str(keys), peers={"*": "k"}).start()
+            for name in ("a", "b"))
+    b.config_path.write_text("")
+    refused = ask(b, {"command": "reload"})  # (tinymq would look for the default socket)
+    assert not refused["ok"] and "is empty" in refused["error"], refused
+    a.enqueue(b, "t", "sealed after the refused reload")
+    wait_until(lambda: b.count("mqin") == 1, 10, "delivered")
+    assert b.query("SELECT key FROM mqin") == [("k",)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not UNSHARE, reason="needs root and unshare(1)")
+@pytest.mark.timeout(60)
+def test_a_reload_naming_peers_a_silent_name_server_cannot_resolve_answers_at_once(
+        make_daemon):
+    """peers names host names; the name server never answers. Looking them up must not
+    hold up the reload's answer, the watchdog or a stop (2 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.153", 53))  # takes queries, answers none
+        keys = make_daemon("a").dir / "keys.yaml"
+        keys.parent.mkdir(parents=True, exist_ok=True)
+        keys.write_text(f"k: {base64.b64encode(os.urandom(32)).decode()}\n")
+        keys.chmod(0o640)
+        a = make_daemon("b", daemon_class=OwnFilesDaemon)
+        a.files = {"/etc/resolv.conf": "nameserver 127.0.0.153\noptions timeout:5\n"}
+        a.start()
+        a.write_config(key_file=str(keys), peers={"slow-1.example": "k", "slow-2.example": "k"})
+        t0 = time.monotonic()
+        done = tinymq(a, "reload")
+        assert done.returncode == 0, done
+        assert time.monotonic() - t0 < 3, "the reload waited for the name server"
+        a.stop()  # within 2 s (asserted by stop) while the lookups still wait

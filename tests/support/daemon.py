@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -263,3 +264,23 @@ class Daemon:
             raise DaemonError(f"{self.name} died (rc={self.proc.returncode}); stderr:\n"
                               f"{self.stderr_tail()}")
 
+
+
+UNSHARE = shutil.which("unshare")
+
+
+class OwnFilesDaemon(Daemon):
+    """A daemon that sees files of its own in place of system ones (e.g. /etc/hosts,
+    /etc/resolv.conf), bind-mounted in a mount namespace of its own as `ip netns exec`
+    does; needs root. `files`: {system path: text}, set before start()."""
+
+    files = {}
+
+    def command(self, args=None, use_config=True):
+        mounts = []
+        for n, (target, text) in enumerate(sorted(self.files.items())):
+            source = self.dir / f"own-file-{n}"
+            source.write_text(text)
+            mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
+        return [UNSHARE, "--mount", "sh", "-c", " && ".join(mounts + ['exec "$@"']),
+                "sh"] + super().command(args, use_config)
