@@ -27,7 +27,8 @@ class Endpoint:
     the peer there gave us: its cookie and keys."""
 
     __slots__ = ("host", "port", "name", "addr", "addrs", "error", "resolving",
-                 "next_resolve", "retry_wait", "cookie", "key", "key_names", "past_runs")
+                 "next_resolve", "retry_wait", "cookie", "key", "key_names", "past_runs",
+                 "heard")
 
     def __init__(self, host, port):
         self.host = host
@@ -43,6 +44,7 @@ class Endpoint:
         self.key = None  # (name, key) that seals what we send; None: unsealed
         self.key_names = frozenset()  # the keys its answers may be sealed with
         self.past_runs = collections.deque(maxlen=PAST_RUNS)
+        self.heard = None  # (node, ip) of the last HELLO taken
 
     def choose_keys(self, peer_keys):
         """The keys for this destination, by its name or address (keys.PeerKeys)."""
@@ -68,6 +70,14 @@ class Endpoint:
         if hello.cookie:
             self.cookie = hello.cookie
         return True
+
+    def other_host(self, node, ip):
+        """Whether a HELLO of `node` from `ip` comes from another host behind our name
+        (one with several addresses) than the node we talk to: taking it would send what
+        that node may already hold to a second one. (The same address naming another
+        node is the same host with its database replaced.)"""
+        return len(self.addrs) > 1 and self.heard is not None and \
+            node != self.heard[0] and ip != self.heard[1]
 
     def answers_with_right_key(self, key_name):
         """An answer sealed as we seal to it (or unsealed, when we do not seal)."""

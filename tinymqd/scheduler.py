@@ -300,8 +300,14 @@ class Scheduler(Worker):
         if dest is None or not dest.endpoint.take_hello(hello, self.origin.run,
                                                         dest.stream.tag):
             return
-        now = time.monotonic()
-        node = header.node
+        now, node, ep = time.monotonic(), header.node, dest.endpoint
+        if ep.other_host(node, event.addr[0]):
+            log.debug("destination %s answers at %s as another node (%016x): not taken",
+                      ep.name, event.addr[0], node, extra=fields(peer=ep.name))
+            if ep.addr[0] == event.addr[0] and self.addresses.try_next(dest):
+                self._address_set(dest)
+            return
+        ep.heard = (node, event.addr[0])
         for each in self.destinations.of_target(dest):
             was = each.stream.peer_node
             if each.stream.on_hello(node, header.run) == "replaced":

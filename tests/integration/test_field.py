@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 
@@ -297,6 +298,32 @@ def test_a_name_with_several_addresses_is_reached_at_one_that_answers(make_daemo
     dbmod.enqueue_series(a.db, "dualhost", b.port, "dual", 20)
     assert_series_delivered(a, b, "dual", 20, timeout=20)
     wait_until(lambda: a.count("mqout") == 0, 10, "delivered rows leave A's mqout")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not UNSHARE, reason="needs root and unshare(1)")
+@pytest.mark.timeout(90)
+def test_a_name_with_two_hosts_behind_it_sends_to_one_only(make_daemon):
+    """'dual' names two daemons (B and C). A talks to one; while that one hangs (SIGSTOP,
+    a paused VM), A tries the other address, meets another node there and does not take
+    it: what the first may already hold is never sent to a second node. The hung one
+    resumes and gets everything, exactly once, in order; the other gets nothing."""
+    b = make_daemon("b", bind="127.0.0.2").start()
+    c = make_daemon("c", port=b.port, bind="127.0.0.3").start()
+    a = make_daemon("a", daemon_class=OwnFilesDaemon, retry_max=0.5)
+    a.files = {"/etc/hosts": "127.0.0.1 localhost\n127.0.0.2 dual\n127.0.0.3 dual\n"}
+    a.start()
+    dbmod.enqueue_series(a.db, "dual", b.port, "dual", 10)
+    wait_until(lambda: a.count("mqout") == 0, 20, "the first 10 delivered")
+    first, other = (b, c) if b.count("mqin") else (c, b)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        dbmod.enqueue_series(a.db, "dual", b.port, "dual", 20, start=11)
+        holds_for(lambda: other.count("mqin") == 0, 5.0,
+                  "nothing goes to the other host while the first hangs")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert_series_delivered(a, first, "dual", 30, timeout=30)
+    assert other.count("mqin") == 0
 
 
 @pytest.mark.timeout(60)
