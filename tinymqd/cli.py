@@ -37,6 +37,8 @@ def main(argv=None):
     except config.ConfigError as e:
         logsetup.fatal(f"bad configuration: {e}")
         return EX_CONFIG
+    for note in cfg.notes:
+        print(f"tinymqd: warning: {note}", file=sys.stderr, flush=True)
     if args.check_config:
         print(f"{cfg.source}: configuration is valid")
         return 0

@@ -34,6 +34,8 @@ class Config:
     control_socket: str = DEFAULT_CONTROL_SOCKET  # where `tinymq` finds the daemon
     source: str = "built-in defaults"  # where the settings came from, for log lines
     keys: dict = dataclasses.field(default=None, repr=False)  # name -> key, from key_file
+    # Lines for the admin about a file that is used as it is (e.g. a key given twice).
+    notes: tuple = dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def keys_required(self):
@@ -167,14 +169,15 @@ def load(path=None, port=None, database=None):
 
     path None means: the default file when it exists, else built-in defaults.
     """
-    values = {}
+    values, notes = {}, ()
     source = "built-in defaults"
     if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
         path = DEFAULT_CONFIG_FILE
     if path is not None:
         source = path
-        values = _read_yaml(path)
+        values, notes = _read_yaml(path)
     settings = _clean(values, source)
+    settings["notes"] = notes
     overrides = {}
     if port is not None:
         overrides["port"] = _parse_port_argument(port)
@@ -198,7 +201,7 @@ def load_for_client(path=None, database=None):
         path = DEFAULT_CONFIG_FILE
     if path is not None:
         source = path
-        values = _read_yaml(path)
+        values, _ = _read_yaml(path)
     settings = _clean({key: values[key] for key in CLIENT_KEYS if key in values}, source)
     if database is not None:
         settings.update(_clean({"database": database}, "command line"))
@@ -210,8 +213,14 @@ def load_for_client(path=None, database=None):
     return Config(source=source, **settings), problem
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (YAML would keep the last silently)."""
+class _NotingLoader(yaml.SafeLoader):
+    """SafeLoader that notes a key given twice (YAML keeps the last one, as an admin who
+    appends an override expects, but it must not pass unsaid) and refuses a key that is
+    not a name."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.repeated = []  # (key, line)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -221,8 +230,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is not a name", key_node.start_mark)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+                self.repeated.append((key, key_node.start_mark.line + 1))
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -232,7 +240,11 @@ def _read_yaml(path):
         if not os.path.isfile(path) and os.path.exists(path):  # a FIFO would hang us
             raise ConfigError(f"{path}: is not a regular file")
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+            loader = _NotingLoader(f)
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -242,11 +254,13 @@ def _read_yaml(path):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    notes = tuple(f"{path}: key {key!r} is given again at line {line}; the last one "
+                  f"counts" for key, line in loader.repeated)
     if data is None:
-        return {}
+        return {}, notes
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a mapping of 'key: value' lines")
-    return data
+    return data, notes
 
 
 def _parse_port_argument(text):

@@ -238,6 +238,8 @@ class Daemon:
                 log.error("reload failed, the running configuration stays: %s", problem)
                 self.notifier.notify("READY=1")
                 return problem
+            for note in self.cfg.notes:
+                log.warning("%s", note)
             log.info("configuration reloaded from %s", self.cfg.source)
             self.notifier.notify("READY=1\nSTATUS=" + self._status())
         threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()

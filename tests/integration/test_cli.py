@@ -86,6 +86,17 @@ def test_check_config_with_short_option(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_check_config_says_which_key_is_given_twice_and_accepts_the_last(tmp_path):
+    """The administrator appended an override: valid (it starts after an upgrade, as
+    before), and --check-config says so in one line on stderr."""
+    path = write_yaml(tmp_path / "good.yaml", good_config(tmp_path))
+    with open(path, "a") as f:
+        f.write("\n# edited by the administrator\nlog_level: debug\n")
+    proc = run_tinymqd(["-c", path, "--check-config"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "'log_level' is given again" in proc.stderr
+
+
 # -- --create-db ------------------------------------------------------------------------
 def test_create_db_makes_the_tables_so_the_readme_insert_works_before_the_daemon_ran(tmp_path):
     path = write_yaml(tmp_path / "good.yaml", good_config(tmp_path))

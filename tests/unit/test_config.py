@@ -60,10 +60,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
         config.load(path)
 
 
-def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+def test_a_key_given_twice_counts_the_last_time_and_is_said(tmp_path):
+    """An admin who appends an override gets it, and a line that says so (not silence,
+    and not a daemon that no longer starts after an upgrade)."""
     path = write(tmp_path, "port: 9000\nlog_level: info\nport: 9001\n")
-    with pytest.raises(config.ConfigError, match=r"line 3.*'port' is given twice"):
-        config.load(path)
+    cfg = config.load(path)
+    assert cfg.port == 9001
+    assert len(cfg.notes) == 1 and path in cfg.notes[0]
+    assert "'port' is given again at line 3" in cfg.notes[0]
 
 
 @pytest.mark.parametrize("text", ["? [a, b]\n: 1\n", "peers:\n  ? {a: 1}\n  : k\n"])
