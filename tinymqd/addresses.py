@@ -28,7 +28,7 @@ class Endpoint:
 
     __slots__ = ("host", "port", "name", "addr", "addrs", "error", "resolving",
                  "next_resolve", "retry_wait", "cookie", "key", "key_names", "past_runs",
-                 "heard")
+                 "heard", "not_taken")
 
     def __init__(self, host, port):
         self.host = host
@@ -45,6 +45,7 @@ class Endpoint:
         self.key_names = frozenset()  # the keys its answers may be sealed with
         self.past_runs = collections.deque(maxlen=PAST_RUNS)
         self.heard = None  # (node, ip) of the last HELLO taken
+        self.not_taken = None  # (node, ip) of another host's HELLO, last said in the log
 
     def choose_keys(self, peer_keys):
         """The keys for this destination, by its name or address (keys.PeerKeys)."""

@@ -302,8 +302,13 @@ class Scheduler(Worker):
             return
         now, node, ep = time.monotonic(), header.node, dest.endpoint
         if ep.other_host(node, event.addr[0]):
-            log.debug("destination %s answers at %s as another node (%016x): not taken",
-                      ep.name, event.addr[0], node, extra=fields(peer=ep.name))
+            if ep.not_taken != (node, event.addr[0]):
+                ep.not_taken = (node, event.addr[0])
+                log.warning("destination %s answers at %s as node %016x, not as the node it "
+                            "has been (%016x at %s): two hosts behind one name? Its rows "
+                            "wait for the first; if that one's database was replaced, "
+                            "restart tinymqd", ep.name, event.addr[0], node, *ep.heard,
+                            extra=fields(peer=ep.name))
             if ep.addr[0] == event.addr[0] and self.addresses.try_next(dest):
                 self._address_set(dest)
             return

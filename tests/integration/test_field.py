@@ -315,6 +315,7 @@ def test_a_name_with_two_hosts_behind_it_sends_to_one_only(make_daemon):
     dbmod.enqueue_series(a.db, "dual", b.port, "dual", 10)
     wait_until(lambda: a.count("mqout") == 0, 20, "the first 10 delivered")
     first, other = (b, c) if b.count("mqin") else (c, b)
+    mark = LogMark(a)
     first.send_signal(signal.SIGSTOP)
     try:
         dbmod.enqueue_series(a.db, "dual", b.port, "dual", 20, start=11)
@@ -324,6 +325,8 @@ def test_a_name_with_two_hosts_behind_it_sends_to_one_only(make_daemon):
         first.send_signal(signal.SIGCONT)
     assert_series_delivered(a, first, "dual", 30, timeout=30)
     assert other.count("mqin") == 0
+    said = [line for line in mark.lines() if "two hosts behind one name" in line]
+    assert len(said) == 1, f"the admin is told once: {said}"
 
 
 @pytest.mark.timeout(60)
