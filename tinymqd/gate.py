@@ -42,13 +42,14 @@ class Gate:
 
     def keys_for(self, ip):
         """[(name, key)] a datagram from this address may be sealed with."""
-        if not self.keyed:
+        peer_keys, cache = self._keys  # one pair: a reload replaces both at once
+        if not peer_keys:
             return []
-        pairs = self._keys_cache.get(ip)
+        pairs = cache.get(ip)
         if pairs is None:
-            if len(self._keys_cache) > KEYS_CACHE:
-                self._keys_cache.clear()
-            pairs = self._keys_cache[ip] = self.peer_keys.for_source(ip)
+            if len(cache) > KEYS_CACHE:
+                cache.clear()
+            pairs = cache[ip] = peer_keys.for_source(ip)
         return pairs
 
     def open(self, datagram, addr):
@@ -68,15 +69,15 @@ class Gate:
 
     def refresh_keys(self):
         """After the peers' names were resolved again."""
-        self._keys_cache = {}
+        self._keys = (self._keys[0], {})
 
     def reconfigure(self, peer_keys, require_key, allow):
         """Keys, require_key and allow (at start and on reload)."""
-        self.peer_keys = peer_keys
-        self.keyed = bool(peer_keys)
+        # (keys.PeerKeys, {ip: its keys}): what a lookup made from replaced keys stores
+        # goes into the replaced cache, never into the new one
+        self._keys = (peer_keys, {})
         self.require_key = require_key
         self.allow = allow  # networks, or None for any
-        self._keys_cache = {}
 
     # -- data ---------------------------------------------------------------------------
 
