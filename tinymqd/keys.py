@@ -95,10 +95,17 @@ def parse_peers(peers, keys, source):
 
 
 def _network(text):
+    """The network an entry names (IPv4-mapped IPv6 ones as IPv4, as sources are
+    compared), or None for a host name."""
     try:
-        return ipaddress.ip_network(text, strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if network.version == 6 and network.subnet_of(mapped) and network.prefixlen >= 96:
+        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/"
+                                    f"{network.prefixlen - 96}")
+    return network
 
 
 def _host_name(text):

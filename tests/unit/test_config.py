@@ -1,6 +1,7 @@
 """Config: defaults, overrides, and one readable error naming the key."""
 
 import os
+import re
 
 import pytest
 
@@ -74,6 +75,20 @@ def test_a_key_given_twice_counts_the_last_time_and_is_said(tmp_path):
 def test_a_key_that_is_a_list_or_mapping_is_an_error_not_a_traceback(tmp_path, text):
     with pytest.raises(config.ConfigError, match="is not a name"):
         config.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, problem", [
+    # 'billion laughs': 400 bytes that stand for gigabytes once an error message shows them
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+     + "allow: *i\n", "aliases (*name) are not allowed"),
+    ("allow: " + "[" * 500 + "]" * 500 + "\n", "nested too deeply"),
+    ("<<: {port: 9001}\n", "merge keys (<<) are not allowed"),
+])
+def test_a_config_yaml_cannot_blow_up_is_refused_in_one_line(tmp_path, text, problem):
+    with pytest.raises(config.ConfigError, match=re.escape(problem)) as e:
+        config.load(write(tmp_path, text))
+    assert "\n" not in str(e.value)
 
 
 def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path):

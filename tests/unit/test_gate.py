@@ -31,3 +31,11 @@ def test_a_lookup_a_reload_overtakes_does_not_outlive_the_reload():
 def test_unkeyed_gate_asks_for_no_keys():
     g = gate.Gate(Origin(), keys.PeerKeys({}, {}), False, None)
     assert g.keys_for("127.0.0.1") == []
+
+
+def test_a_peers_entry_written_ipv4_mapped_matches_that_ipv4_source():
+    peers = keys.PeerKeys({"::ffff:10.0.0.1": ["k1"], "::ffff:10.1.0.0/112": ["k2"]},
+                          {"k1": K1, "k2": K2})
+    for source, name in (("10.0.0.1", "k1"), ("::ffff:10.0.0.1", "k1"), ("10.1.0.7", "k2")):
+        assert [n for n, _ in peers.for_source(source)] == [name], source
+    assert peers.for_source("10.0.0.2") == []
