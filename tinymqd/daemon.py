@@ -5,7 +5,6 @@ database is ready and every worker runs; STATUS= every few seconds; WATCHDOG=1 o
 every worker shows signs of life; STOPPING=1 on the way out.
 """
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -18,11 +17,12 @@ import time
 
 import sdnotify
 
-from tinymqd import (__version__, config, control, events, logsetup, protocol, sealing, store,
+from tinymqd import (__version__, control, events, logsetup, protocol, sealing, store,
                      transport)
 from tinymqd.gate import Gate
 from tinymqd.inbound import Inbound
 from tinymqd.receiver import Receiver
+from tinymqd.reloading import Reloading
 from tinymqd.scheduler import Scheduler
 from tinymqd.writer import Writer
 
@@ -44,7 +44,7 @@ class Daemon:
         self.load_config = load_config  # reads the configuration again (SIGHUP)
         self.stopping = threading.Event()
         self.reload_wanted = False  # SIGHUP (the handler only sets it)
-        self.reloading = threading.Lock()  # one reload at a time (SIGHUP, tinymq reload)
+        self.reloading = Reloading(self)
         self.started = time.time()
         self.notifier = sdnotify.SystemdNotifier()
 
@@ -114,7 +114,7 @@ class Daemon:
                  "config %s", __version__, node, address[0], address[1], cfg.database,
                  cfg.source, extra=logsetup.fields(node=node))
         self._announce()
-        self.notifier.notify("READY=1\nSTATUS=" + self._status())
+        self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         return self._supervise()
 
     def _announce(self):
@@ -158,13 +158,13 @@ class Daemon:
                     stuck_logged = True
             if self.reload_wanted:
                 self.reload_wanted = False
-                self._reload()
+                self.reloading.reload()
             if now >= next_peers and self.peer_keys.by_name:
                 next_peers = now + PEERS_REFRESH_S
-                threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
+                threading.Thread(target=self.refresh_peers, name="peers", daemon=True).start()
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL_S
-                self.notifier.notify("STATUS=" + self._status())
+                self.notifier.notify("STATUS=" + self.status_line())
         return self._stop(0)
 
     # -- the control socket (tinymq status, flush, hold) --------------------------------
@@ -184,7 +184,7 @@ class Daemon:
             "flush": lambda r: {"destinations": self._ask("flush", r.get("host"),
                                                           r.get("port"))},
             "holds": lambda r: {"held": self._ask("holds")},
-            "reload": self._reload_request,
+            "reload": self.reloading.request,
         })
 
     def _ask(self, what, host=None, port=None):
@@ -210,65 +210,7 @@ class Daemon:
                 "destinations": self._ask("status"),
                 "senders": self.inbound.senders(time.monotonic())}
 
-    # -- reload (SIGHUP or tinymq reload: systemctl reload tinymq) -------------------------
-
-    def _reload_request(self, _request):
-        """`tinymq reload` (systemd's ExecReload): on the control thread, so it answers
-        once the new configuration runs, or with why the file was refused."""
-        error = self._reload()
-        if error:
-            raise control.RequestError(f"reload failed, the running configuration stays: "
-                                       f"{error}")
-        return {"config": self.cfg.source}
-
-    def _reload(self):
-        """Read the configuration again and apply what can change while running: log
-        level, retry cap, keys, peers, require_key, allow. A bad file keeps the running
-        configuration: one line says why, which is returned (else None). Host names in
-        peers are looked up afterwards, off this thread (a slow name server must not
-        hold up the watchdog or a stop)."""
-        with self.reloading:
-            self.notifier.notify("RELOADING=1")
-            try:
-                problem = self._apply(self.load_config())
-            except Exception as e:  # noqa: BLE001 - ConfigError, or what it missed
-                problem = str(e) if isinstance(e, config.ConfigError) else \
-                    f"{self.cfg.source}: {type(e).__name__}: {e}"
-            if problem:
-                log.error("reload failed, the running configuration stays: %s", problem)
-                self.notifier.notify("READY=1")
-                return problem
-            for note in self.cfg.notes:
-                log.warning("%s", note)
-            log.info("configuration reloaded from %s", self.cfg.source)
-            self.notifier.notify("READY=1\nSTATUS=" + self._status())
-        threading.Thread(target=self._refresh_peers, name="peers", daemon=True).start()
-        return None
-
-    def _apply(self, new):
-        """Run with the new Config (what can change while running); a problem, or None."""
-        if new.source != "built-in defaults" and os.path.getsize(new.source) == 0 and \
-                dataclasses.replace(new, source=self.cfg.source) != self.cfg:
-            # All defaults, keys gone: far more likely a file caught while being written.
-            return f"{new.source}: is empty (being written?); write the defaults out to " \
-                   f"run with them"
-        fixed = [key for key in config.NEEDS_RESTART
-                 if getattr(new, key) != getattr(self.cfg, key)]
-        if fixed:
-            log.warning("%s changed in %s: takes effect at the next restart "
-                        "(systemctl restart tinymq)", ", ".join(fixed), new.source)
-        new = dataclasses.replace(new, **{key: getattr(self.cfg, key)
-                                          for key in config.NEEDS_RESTART})
-        peer_keys = new.peer_keys()
-        peer_keys.carry_over(self.peer_keys)
-        self.cfg, self.peer_keys = new, peer_keys
-        logsetup.set_level(new.log_level)
-        self.gate.reconfigure(peer_keys, new.keys_required, new.allow)
-        self.inbound.keys = new.keys or {}
-        self.scheduler.inbox.put(events.Reconfigured(new, peer_keys))
-        return None
-
-    def _refresh_peers(self):
+    def refresh_peers(self):
         """Look up the host names in `peers` again (their addresses may move)."""
         self.peer_keys.refresh()
         self.gate.refresh_keys()
@@ -308,7 +250,7 @@ class Daemon:
             log.info("stopped")
         return code
 
-    def _status(self):
+    def status_line(self):
         figures = self.scheduler.destinations.figures()
         text = (f"sending to {figures['destinations']} destination(s)"
                 f" ({figures['unreachable']} unreachable), {figures['in_memory']} in flight;"

@@ -16,6 +16,7 @@ import time
 
 from tinymqd import events, protocol, store, transport
 from tinymqd.addresses import AddressBook
+from tinymqd.answers import Answers
 from tinymqd.destination import Destinations
 from tinymqd.intake import ERROR_ROWS, Intake
 from tinymqd.logsetup import fields
@@ -55,15 +56,16 @@ class Scheduler(Worker):
         self.addresses = AddressBook(family, self.inbox, self._show_error)
         self.failures = CountingLog(log, "events that failed to be handled")
         self.steering = Steering(self)
+        self.answers = Answers(self)
         self.handlers = {
-            events.AckArrived: self._on_ack,
-            events.HelloArrived: self._on_hello,
-            events.PeerHeard: self._on_heard,
+            events.AckArrived: self.answers.on_ack,
+            events.HelloArrived: self.answers.on_hello,
+            events.PeerHeard: self.answers.on_heard,
             events.AddressResolved: self._on_resolved,
             events.RowsRenumbered: lambda e: self._found(self.intake.on_renumbered(e.xs)),
             events.OldRowsNumbered: lambda e: self._found(self.intake.on_old_rows_numbered(
                 e.after, e.upto, e.last, time.monotonic())),
-            events.Request: self._on_request,
+            events.Request: self.steering.on_request,
             events.Reconfigured: lambda e: self.steering.reconfigure(e.cfg, e.peer_keys),
         }
 
@@ -167,15 +169,15 @@ class Scheduler(Worker):
 
     def _need_address(self, dest):
         if self.addresses.need(dest):
-            self._address_set(dest)
+            self.address_set(dest)
 
     def _on_resolved(self, event):
         dest = self.destinations.get(event.destination)
         if dest is not None and self.addresses.on_resolved(dest, event.future):
-            self._address_set(dest)
+            self.address_set(dest)
             self.dirty.update(self.destinations.of_target(dest))
 
-    def _address_set(self, dest):
+    def address_set(self, dest):
         ep = dest.endpoint
         addr = ep.addr
         ep.choose_keys(self.peer_keys)
@@ -205,7 +207,7 @@ class Scheduler(Worker):
             if dest.may_load():
                 dest.load(self.intake)
             self._send(dest, now)
-            self._queue_timer(dest)
+            self.queue_timer(dest)
             if len(st.sent) < st.cc.cwnd and not st.has_work() and dest.may_load():
                 self.dirty.add(dest)  # the window has room and rows wait in the database
             self.retire_if_done(dest)
@@ -231,7 +233,7 @@ class Scheduler(Worker):
             send(datagram, addr)  # a failure is a lost packet: the timer resends it
             st.record_sent(pn, frames, now)
 
-    def _queue_timer(self, dest):
+    def queue_timer(self, dest):
         timer = dest.stream.timer
         if timer is not None and timer != dest.timer_queued:
             dest.timer_queued = timer
@@ -254,93 +256,16 @@ class Scheduler(Worker):
                 self.addresses.unreachable(dest, dest.stream.waiting_since, now,
                                            self.cfg.retry_max)
             if dest.stream.unreachable and self.addresses.try_next(dest):
-                self._address_set(dest)
+                self.address_set(dest)
             # A retry may come long after the last look: never resend a deleted row.
             self._forget_deleted(dest)
             self.dirty.add(dest)
-
-    # -- what peers tell us ----------------------------------------------------------------
-
-    def _on_ack(self, event):
-        """An acknowledgement of one of our streams: it names the stream (a random id)
-        and echoes our run, which only the peer we send to has seen; where it came from
-        does not matter (a peer may answer from another of its addresses)."""
-        ack = event.ack
-        dest = self.destinations.get(ack.stream)
-        if dest is None or ack.tag != dest.stream.tag or not \
-                dest.endpoint.answers_with_right_key(ack.header.key):
-            return
-        if ack.committed > dest.assigned and dest.open:
-            self.steering.numbered_elsewhere(dest)
-            return
-        st = dest.stream
-        dest.endpoint.heard_run(ack.header.run)
-        was_unreachable, held = st.unreachable, len(st.messages)
-        committed = st.on_ack(ack, time.monotonic())
-        if was_unreachable:
-            self.addresses.back(dest)
-        if st.refused:
-            self.steering.refused(dest)
-        if committed is not None:
-            dest.delivered(time.monotonic(), held - len(st.messages))
-            # Coalesced in the writer: one DELETE per stream and transaction.
-            self.writer.submit(staged={"delete": [(dest.id, committed)]})
-        self._queue_timer(dest)
-        self.dirty.add(dest)
-
-    def _on_hello(self, event):
-        """The destination tells us its node, run and our cookie: it restarted, or our
-        DATA did not echo its run or cookie, or it is another node than we believed. It
-        names one of our streams (so it has seen our traffic) and echoes our run, unless
-        it announces its start (then its run must be one we have not seen before: an old
-        HELLO replayed changes nothing)."""
-        hello = event.hello
-        header = hello.header
-        dest = self.destinations.get(hello.stream)
-        if dest is None or not dest.endpoint.take_hello(hello, self.origin.run,
-                                                        dest.stream.tag):
-            return
-        now, node, ep = time.monotonic(), header.node, dest.endpoint
-        if ep.other_host(node, event.addr[0]):
-            if ep.not_taken != (node, event.addr[0]):
-                ep.not_taken = (node, event.addr[0])
-                log.warning("destination %s answers at %s as node %016x, not as the node it "
-                            "has been (%016x at %s): two hosts behind one name? Its rows "
-                            "wait for the first; if that one's database was replaced, "
-                            "restart tinymqd", ep.name, event.addr[0], node, *ep.heard,
-                            extra=fields(peer=ep.name))
-            if ep.addr[0] == event.addr[0] and self.addresses.try_next(dest):
-                self._address_set(dest)
-            return
-        ep.heard = (node, event.addr[0])
-        for each in self.destinations.of_target(dest):
-            was = each.stream.peer_node
-            if each.stream.on_hello(node, header.run) == "replaced":
-                log.warning("destination %s is another node now (%016x, was %016x; its "
-                            "database replaced?): resending what it had not committed",
-                            each.name, node, was, extra=fields(peer=each.name, stream=each.id))
-            self.wake(each, now)
-
-    def _on_heard(self, event):
-        now = time.monotonic()
-        for dest in self.destinations.matching(event.node, event.ip, event.port):
-            if dest.backing_off():
-                self.wake(dest, now)
-
-    def _on_request(self, request):
-        steering = self.steering
-        if request.what == "status":
-            request.reply.set(steering.status())
-        elif request.what == "flush":
-            request.reply.set(steering.flush(request.host, request.port))
-        elif request.what == "holds":
-            request.reply.set(steering.load_holds())
 
     def wake(self, dest, now):
         """The peer is alive: retry at once (never a deleted row)."""
         self._forget_deleted(dest)
         dest.stream.wake(now)
-        self._queue_timer(dest)
+        self.queue_timer(dest)
         self.dirty.add(dest)
 
     # -- cancelled rows ---------------------------------------------------------------------

@@ -21,6 +21,17 @@ class Steering:
         self.scheduler = scheduler
         self.holds = frozenset()  # (host, port or None)
 
+    # -- questions from the control socket -----------------------------------------------
+
+    def on_request(self, request):
+        """tinymq status, flush, hold/release: answered on this thread."""
+        if request.what == "status":
+            request.reply.set(self.status())
+        elif request.what == "flush":
+            request.reply.set(self.flush(request.host, request.port))
+        elif request.what == "holds":
+            request.reply.set(self.load_holds())
+
     # -- holds -----------------------------------------------------------------------
 
     def load_holds(self):
