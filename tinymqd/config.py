@@ -169,13 +169,7 @@ def load(path=None, port=None, database=None):
 
     path None means: the default file when it exists, else built-in defaults.
     """
-    values, notes = {}, ()
-    source = "built-in defaults"
-    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
-        path = DEFAULT_CONFIG_FILE
-    if path is not None:
-        source = path
-        values, notes = _read_yaml(path)
+    values, notes, source = _read_file(path)
     settings = _clean(values, source)
     settings["notes"] = notes
     overrides = {}
@@ -196,12 +190,7 @@ def load_for_client(path=None, database=None):
     be right. A problem with another key (problem: its one line, else None) is the
     daemon's: a bad edit keeps the running daemon's configuration (systemctl reload), and
     tinymq keeps working meanwhile. The key file is not read."""
-    values, source = {}, "built-in defaults"
-    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
-        path = DEFAULT_CONFIG_FILE
-    if path is not None:
-        source = path
-        values, _ = _read_yaml(path)
+    values, _, source = _read_file(path)
     settings = _clean({key: values[key] for key in CLIENT_KEYS if key in values}, source)
     if database is not None:
         settings.update(_clean({"database": database}, "command line"))
@@ -211,6 +200,16 @@ def load_for_client(path=None, database=None):
     except ConfigError as e:
         problem = str(e)
     return Config(source=source, **settings), problem
+
+
+def _read_file(path):
+    """(values, notes, source) of the config file; path None: the default file when it
+    exists, else built-in defaults."""
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    if path is None:
+        return {}, (), "built-in defaults"
+    return (*_read_yaml(path), path)
 
 
 class _NotingLoader(yaml.SafeLoader):

@@ -38,6 +38,8 @@ PEERS_REFRESH_S = 60.0  # host names in `peers` are looked up again this often
 SWITCH_INTERVAL_S = 0.0002
 RUN_ID_BITS = 63  # a random id per run: the value peers echo (see docs/PROTOCOL.md)
 ASK_TIMEOUT_S = 2.0  # for the sending thread to answer the control socket
+
+
 class Daemon:
     def __init__(self, cfg, load_config=None):
         self.cfg = cfg

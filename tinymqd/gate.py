@@ -16,8 +16,7 @@ import ipaddress
 import os
 import time
 
-from tinymqd import protocol, sealing
-from tinymqd.keys import _address
+from tinymqd import protocol, sealing, transport
 
 COOKIE_SECRET_BYTES = 32
 HELLO_INTERVAL_S = 1.0  # one cookie HELLO per address and stream at most this often
@@ -85,7 +84,7 @@ class Gate:
         if self.allow is None:
             return True
         try:
-            address = _address(addr[0])
+            address = transport.plain_address(addr[0])
         except ValueError:
             return False
         return any(address.version == net.version and address in net for net in self.allow)

@@ -11,7 +11,7 @@ back as events (events.RowsRenumbered, events.OldRowsNumbered).
 import json
 import logging
 
-from tinymqd import encoding, events, numbering
+from tinymqd import encoding, events, numbering, store
 
 log = logging.getLogger("tinymqd.scheduler")
 
@@ -160,8 +160,8 @@ class Intake:
                     renumber.append(x)
             else:
                 # SQL quotes the bad value into the text, which need not be UTF-8.
-                problem = _text(problem)
-                if _text(last_error) != problem:
+                problem = store.as_text(problem)
+                if store.as_text(last_error) != problem:
                     errors.setdefault(problem, []).append(x)
         if errors:
             def write(conn):
@@ -324,8 +324,3 @@ def _merge(a, b):
         if upto > a.get(stream, 0):
             a[stream] = upto
     return a
-
-
-def _text(value):
-    """A last_error as text (None stays None); bytes that are not UTF-8 are replaced."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -17,6 +17,8 @@ import stat
 
 import yaml
 
+from tinymqd import transport
+
 KEY_BYTES = 32
 ANY = "*"
 
@@ -94,6 +96,9 @@ def parse_peers(peers, keys, source):
     return out
 
 
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def _network(text):
     """The network an entry names (IPv4-mapped IPv6 ones as IPv4, as sources are
     compared), or None for a host name."""
@@ -101,8 +106,7 @@ def _network(text):
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
-    mapped = ipaddress.ip_network("::ffff:0:0/96")
-    if network.version == 6 and network.subnet_of(mapped) and network.prefixlen >= 96:
+    if network.version == 6 and network.subnet_of(IPV4_MAPPED) and network.prefixlen >= 96:
         return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/"
                                     f"{network.prefixlen - 96}")
     return network
@@ -111,14 +115,6 @@ def _network(text):
 def _host_name(text):
     return all(part and len(part) < 64 and all(c.isalnum() or c in "-_" for c in part)
                for part in text.rstrip(".").split("."))
-
-
-def _address(ip):
-    """An address object, IPv4-mapped IPv6 as IPv4."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class PeerKeys:
@@ -154,7 +150,7 @@ class PeerKeys:
                 infos = resolve(name, None, 0, socket.SOCK_DGRAM)
             except (OSError, UnicodeError):
                 continue
-            resolved[name] = [_address(info[4][0]) for info in infos]
+            resolved[name] = [transport.plain_address(info[4][0]) for info in infos]
             for address in resolved[name]:
                 found.setdefault(address, pairs)
         self.by_address, self.resolved = found, resolved
@@ -180,7 +176,7 @@ class PeerKeys:
         if ip is None:
             return self.default or []
         try:
-            address = _address(ip)
+            address = transport.plain_address(ip)
         except ValueError:
             return self.default or []
         pairs = self.by_address.get(address)

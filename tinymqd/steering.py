@@ -7,6 +7,7 @@ import collections
 import logging
 import time
 
+from tinymqd import store
 from tinymqd.logsetup import fields
 from tinymqd.outbound import UNREACHABLE_AFTER_S
 
@@ -38,7 +39,7 @@ class Steering:
         """Read tinymq_holds; a destination no longer held is sent to at once."""
         sched = self.scheduler
         rows = sched.intake.db.execute(HOLDS).fetchall()
-        holds = frozenset((_text(host), port) for host, port in rows)
+        holds = frozenset((store.as_text(host), port) for host, port in rows)
         if holds != self.holds:
             released = [d for d in sched.destinations.values() if self.held(d)]
             self.holds = holds
@@ -165,6 +166,3 @@ class Deliveries:
     def since(self, when):
         return sum(count for t, count in self._recent if t >= when)
 
-
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -221,7 +221,12 @@ def recent_senders(path, days):
             (f"-{days} days",)).fetchall()
     finally:
         conn.close()
-    return [(stream, shost.decode("utf-8", "replace") if isinstance(shost, bytes) else shost,
-             sport) for stream, shost, sport, _ in rows]
+    return [(stream, as_text(shost), sport) for stream, shost, sport, _ in rows]
+
+
+def as_text(value):
+    """A value read with TEXT as bytes (which need not be UTF-8), as str; other values
+    (None, numbers) as they are."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 

@@ -142,7 +142,7 @@ def reaches_us(addr, bind, port, family):
     if addr[1] != port:
         return False
     if not ipaddress.ip_address(bind).is_unspecified:
-        return _plain(addr[0]) == _plain(bind)
+        return plain_address(addr[0]) == plain_address(bind)
     probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
         probe.bind((addr[0], 0))
@@ -153,10 +153,11 @@ def reaches_us(addr, bind, port, family):
         probe.close()
 
 
-def _plain(host):
-    """The IP address of host, an IPv4-mapped IPv6 one as IPv4."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    return getattr(ip, "ipv4_mapped", None) or ip
+def plain_address(ip):
+    """The address object of an IP address text (a scope id dropped), IPv4-mapped IPv6
+    as IPv4, as addresses are compared. Raises ValueError."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 def format_endpoint(host, port):
