@@ -42,7 +42,7 @@ run: deps
 	mkdir -p $(RUNDIR)
 	$(PYTHON) -m tinymqd $(PORT) $(RUNDIR)/tinymq.db
 
-# The default run (about 7 minutes); the longer tests (floods, replays after restarts,
+# The default run (about 8 minutes); the longer tests (floods, replays after restarts,
 # 10 s locks, 400 `tinymq send`s under load: about 4 minutes more) with test-slow.
 test: deps-test
 	$(PYTEST) -m "not slow" tests/unit tests/integration
