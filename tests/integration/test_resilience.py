@@ -200,7 +200,9 @@ def test_a_row_a_consumers_unique_index_refuses_is_waited_out_not_a_crash(pair):
     a, b = pair
     mark = LogMark(b)
     dbmod.sqlite_cli(b.db, "CREATE UNIQUE INDEX consumer_dedupe ON mqin(token);")
-    for data in ("first", "second, same token", "third"):
+    a.enqueue(b, "same", "first")
+    wait_until(lambda: b.count("mqin") == 1, 10, "the first stored (in a batch of its own)")
+    for data in ("second, same token", "third"):
         a.enqueue(b, "same", data)
     wait_until(lambda: "refuses a row" in mark.text(), 10, "B says a constraint refuses a row")
     holds_for(lambda: b.running and b.count("mqin") == 1, 2.0,
